@@ -1,0 +1,495 @@
+//! Configuration: defaults, then an optional TOML file, then `THINHOOK_*`
+//! environment variables, validated once at start-up.
+//!
+//! Every setting has a dotted key (`database.url`) used in the file and an
+//! environment variable derived from it (`THINHOOK_DATABASE_URL`). The
+//! defaults are the schema: a key that has no default does not exist, and an
+//! environment variable is parsed as the type of its default. Errors name the
+//! setting and where its value came from, in one line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+use tracing_subscriber::filter::Targets;
+use url::Url;
+
+use crate::db::DatabaseUrl;
+
+const ENV_PREFIX: &str = "THINHOOK_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address and port the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// How clients reach this gateway, e.g. `https://hooks.example.com`; resource
+    /// links in webhooks and `Location` headers are built from it. Empty: derived
+    /// from the address actually listened on.
+    pub public_base_url: String,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a graceful shutdown waits for requests in flight, in seconds.
+    pub shutdown_timeout_secs: u64,
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` (embedded) or `postgres://…` (production).
+    pub url: String,
+    /// Connections kept by the pool.
+    pub pool_size: u32,
+    /// How long a request waits for a free connection before it gets a 503, in seconds.
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `info`, or per-target directives such as `warn,thinhook=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_base_url: String::new(),
+            workers: 0,
+            max_body_bytes: 64 * 1024,
+            shutdown_timeout_secs: 30,
+            database: DatabaseSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://thinhook.sqlite3".into(),
+            pool_size: 8,
+            acquire_timeout_secs: 5,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("unknown setting `{key}` in {origin}")]
+    Unknown { key: String, origin: String },
+    #[error("invalid setting `{key}` (from {origin}): {reason}")]
+    Invalid {
+        key: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Loads the settings from the defaults, an optional file and the given
+    /// environment (pass `std::env::vars()`; tests pass their own).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut layers = Layers::new();
+        if let Some(path) = file {
+            layers.apply_file(path)?;
+        }
+        let mut env: Vec<_> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (name, value) in env {
+            layers.apply_env(&name, &value)?;
+        }
+        layers.finish()
+    }
+
+    /// The environment variable that sets `key`.
+    pub fn env_var(key: &str) -> String {
+        format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.public_base_url.is_empty() {
+            validate_base_url(&self.public_base_url).map_err(|r| ("public_base_url", r))?;
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(("max_body_bytes", "must be at least 1024".into()));
+        }
+        DatabaseUrl::parse(&self.database.url).map_err(|e| ("database.url", e.to_string()))?;
+        if !(1..=1000).contains(&self.database.pool_size) {
+            return Err(("database.pool_size", "must be between 1 and 1000".into()));
+        }
+        if self.database.acquire_timeout_secs == 0 {
+            return Err(("database.acquire_timeout_secs", "must be at least 1".into()));
+        }
+        self.log
+            .level
+            .parse::<Targets>()
+            .map_err(|e| ("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn validate_base_url(value: &str) -> Result<(), String> {
+    let url = Url::parse(value).map_err(|e| format!("not an absolute URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http or https URL".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(())
+}
+
+/// The settings as a TOML table being layered, and where each value came from.
+struct Layers {
+    table: Table,
+    origins: HashMap<String, String>,
+}
+
+impl Layers {
+    fn new() -> Self {
+        let table = Table::try_from(Settings::default())
+            .expect("the default settings serialise to a TOML table");
+        Self {
+            table,
+            origins: HashMap::new(),
+        }
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })?;
+        let origin = path.display().to_string();
+        merge(&mut self.table, file, "", &origin, &mut self.origins)
+    }
+
+    fn apply_env(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let unknown = || ConfigError::Unknown {
+            key: name.to_owned(),
+            origin: "the environment".into(),
+        };
+        let key = leaf_keys(&self.table, "")
+            .into_iter()
+            .find(|key| Settings::env_var(key) == name)
+            .ok_or_else(unknown)?;
+        let (parent, leaf) = match key.rsplit_once('.') {
+            Some((parent, leaf)) => (Some(parent), leaf),
+            None => (None, key.as_str()),
+        };
+        let mut table = &mut self.table;
+        for part in parent.into_iter().flat_map(|p| p.split('.')) {
+            table = table
+                .get_mut(part)
+                .and_then(Value::as_table_mut)
+                .ok_or_else(unknown)?;
+        }
+        let default = table.get(leaf).ok_or_else(unknown)?;
+        let parsed = parse_like(default, value).map_err(|reason| ConfigError::Invalid {
+            key: key.clone(),
+            origin: name.to_owned(),
+            reason,
+        })?;
+        table.insert(leaf.to_owned(), parsed);
+        self.origins.insert(key, name.to_owned());
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Settings, ConfigError> {
+        let origin_of = |key: &str| {
+            self.origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "the defaults".into())
+        };
+        let settings: Settings = serde_path_to_error::deserialize(Value::Table(self.table.clone()))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Invalid {
+                    origin: origin_of(&key),
+                    reason: e.into_inner().message().to_owned(),
+                    key,
+                }
+            })?;
+        settings
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                key: key.into(),
+                origin: origin_of(key),
+                reason,
+            })?;
+        Ok(settings)
+    }
+}
+
+/// Overlays `layer` on `base`, refusing keys the defaults do not have and
+/// values whose type differs from the default's.
+fn merge(
+    base: &mut Table,
+    layer: Table,
+    prefix: &str,
+    origin: &str,
+    origins: &mut HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (name, value) in layer {
+        let key = join(prefix, &name);
+        let Some(existing) = base.get_mut(&name) else {
+            return Err(ConfigError::Unknown {
+                key,
+                origin: origin.to_owned(),
+            });
+        };
+        match (existing, value) {
+            (Value::Table(base), Value::Table(layer)) => {
+                merge(base, layer, &key, origin, origins)?;
+            }
+            (existing, value) if existing.same_type(&value) => {
+                *existing = value;
+                origins.insert(key, origin.to_owned());
+            }
+            (existing, value) => {
+                return Err(ConfigError::Invalid {
+                    reason: format!(
+                        "expected {}, found {}",
+                        existing.type_str(),
+                        value.type_str()
+                    ),
+                    key,
+                    origin: origin.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn leaf_keys(table: &Table, prefix: &str) -> Vec<String> {
+    table
+        .iter()
+        .flat_map(|(name, value)| match value {
+            Value::Table(inner) => leaf_keys(inner, &join(prefix, name)),
+            _ => vec![join(prefix, name)],
+        })
+        .collect()
+}
+
+/// Parses an environment variable's text as the TOML type of the default.
+fn parse_like(default: &Value, text: &str) -> Result<Value, String> {
+    let text = text.trim();
+    match default {
+        Value::String(_) => Ok(Value::String(text.to_owned())),
+        Value::Integer(_) => text
+            .parse()
+            .map(Value::Integer)
+            .map_err(|_| format!("expected an integer, found `{text}`")),
+        Value::Float(_) => text
+            .parse()
+            .map(Value::Float)
+            .map_err(|_| format!("expected a number, found `{text}`")),
+        Value::Boolean(_) => text
+            .parse()
+            .map(Value::Boolean)
+            .map_err(|_| format!("expected true or false, found `{text}`")),
+        Value::Array(_) => Ok(Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| Value::String(item.to_owned()))
+                .collect(),
+        )),
+        Value::Datetime(_) | Value::Table(_) => {
+            Err("cannot be set from the environment".to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), contents).unwrap();
+        file
+    }
+
+    #[test]
+    fn no_configuration_gives_local_sqlite_on_port_8080() {
+        let settings = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        assert!(settings.database.url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_environment_overrides_file() {
+        let file = file(
+            r#"
+            listen = "0.0.0.0:9000"
+            public_base_url = "https://hooks.example.com"
+            [database]
+            url = "postgres://db.example/thinhook"
+            pool_size = 20
+            "#,
+        );
+        let settings = Settings::load(
+            Some(file.path()),
+            env(&[
+                ("THINHOOK_DATABASE_POOL_SIZE", "4"),
+                ("THINHOOK_LOG_FORMAT", "json"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(settings.public_base_url, "https://hooks.example.com");
+        assert_eq!(settings.database.url, "postgres://db.example/thinhook");
+        assert_eq!(settings.database.pool_size, 4);
+        assert_eq!(settings.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn env_var_names_are_derived_from_keys() {
+        assert_eq!(Settings::env_var("database.url"), "THINHOOK_DATABASE_URL");
+        assert_eq!(Settings::env_var("listen"), "THINHOOK_LISTEN");
+    }
+
+    fn load_err(file_text: Option<&str>, vars: &[(&str, &str)]) -> String {
+        let file = file_text.map(file);
+        Settings::load(file.as_ref().map(|f| f.path()), env(vars))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_its_origin() {
+        // (file contents, environment, parts the message must contain)
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                None,
+                &[("THINHOOK_LISTEN", "nowhere")],
+                &["`listen`", "THINHOOK_LISTEN"],
+            ),
+            (
+                None,
+                &[("THINHOOK_DATABASE_POOL_SIZE", "many")],
+                &["`database.pool_size`", "integer"],
+            ),
+            (
+                None,
+                &[("THINHOOK_DATABASE_POOL_SIZE", "0")],
+                &["`database.pool_size`", "between"],
+            ),
+            (
+                None,
+                &[("THINHOOK_DATABASE_POOL_SIZE", "-1")],
+                &["`database.pool_size`"],
+            ),
+            (
+                None,
+                &[("THINHOOK_DATABASE_URL", "mysql://x")],
+                &["`database.url`"],
+            ),
+            (
+                None,
+                &[("THINHOOK_LOG_FORMAT", "xml")],
+                &["`log.format`", "xml"],
+            ),
+            (
+                None,
+                &[("THINHOOK_LOG_LEVEL", "info,=bogus=")],
+                &["`log.level`"],
+            ),
+            (
+                None,
+                &[("THINHOOK_PUBLIC_BASE_URL", "ftp://x")],
+                &["`public_base_url`"],
+            ),
+            (
+                None,
+                &[("THINHOOK_DATABSE_URL", "x")],
+                &["unknown setting", "THINHOOK_DATABSE_URL"],
+            ),
+            (Some("lissten = \"x\""), &[], &["unknown setting `lissten`"]),
+            (
+                Some("[database]\npool_size = \"8\""),
+                &[],
+                &["`database.pool_size`", "expected integer"],
+            ),
+            (Some("listen = "), &[], &["not valid TOML"]),
+        ];
+        for (file_text, vars, expected) in cases {
+            let message = load_err(*file_text, vars);
+            for part in *expected {
+                assert!(message.contains(part), "{message:?} lacks {part:?}");
+            }
+            assert!(!message.contains('\n'), "not one line: {message:?}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Settings::load(Some(Path::new("/nonexistent/thinhook.toml")), env(&[]));
+        assert!(matches!(err, Err(ConfigError::Read { .. })));
+    }
+}

@@ -1,0 +1,281 @@
+//! Storage: one diesel code path over SQLite (embedded default) and PostgreSQL.
+//!
+//! [`DbConnection`] is a diesel `MultiConnection` over both backends; the
+//! repository modules ([`messages`]) take a `&mut DbConnection` so that
+//! callers can compose them inside one transaction. Whatever differs between
+//! the backends — connection set-up, migrations, and later the queue claim —
+//! stays in this module and matches on the variant; nothing above it knows
+//! which database it runs on.
+
+pub mod messages;
+pub mod models;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{CustomizeConnection, Pool, PooledConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::DatabaseSettings;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl std::fmt::Debug for DbConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Postgres(_) => "DbConnection::Postgres",
+            Self::Sqlite(_) => "DbConnection::Sqlite",
+        })
+    }
+}
+
+/// Which database a URL points at, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A file path; created if missing.
+    Sqlite(PathBuf),
+    /// A libpq connection URL.
+    Postgres(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDatabaseUrl {
+    #[error("must start with sqlite:// or postgres://")]
+    Scheme,
+    #[error("sqlite:// must be followed by a file path")]
+    NoPath,
+    #[error(
+        "in-memory SQLite is not supported: every pooled connection would see its own empty database"
+    )]
+    InMemory,
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, InvalidDatabaseUrl> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or(InvalidDatabaseUrl::Scheme)?;
+        match path {
+            "" => Err(InvalidDatabaseUrl::NoPath),
+            ":memory:" => Err(InvalidDatabaseUrl::InMemory),
+            path => Ok(Self::Sqlite(PathBuf::from(path))),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Opens connections of the configured backend for the pool. (diesel's own
+/// manager would try each backend in turn on a URL; this one knows.)
+#[derive(Debug)]
+pub struct Connector {
+    url: DatabaseUrl,
+}
+
+impl diesel::r2d2::ManageConnection for Connector {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        let connection = match &self.url {
+            DatabaseUrl::Postgres(url) => DbConnection::Postgres(PgConnection::establish(url)?),
+            DatabaseUrl::Sqlite(path) => {
+                let path = path.to_str().ok_or_else(|| {
+                    diesel::ConnectionError::BadConnection("path is not UTF-8".into())
+                })?;
+                DbConnection::Sqlite(SqliteConnection::establish(path)?)
+            }
+        };
+        Ok(connection)
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.batch_execute("SELECT 1")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+/// Per-connection SQLite settings; they do not persist in the file.
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        if let DbConnection::Sqlite(conn) = conn {
+            // WAL lets readers run beside the one writer; the busy timeout makes
+            // a second writer wait for the lock instead of failing at once.
+            conn.batch_execute(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA busy_timeout = 5000;
+                 PRAGMA foreign_keys = ON;",
+            )
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+pub type DbPool = Pool<Connector>;
+pub type PooledDb = PooledConnection<Connector>;
+
+/// The connection pool plus the knowledge of which backend it serves.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: DbPool,
+    backend: Backend,
+}
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection became free in time")]
+    Unavailable(#[source] diesel::r2d2::PoolError),
+    #[error("database query failed")]
+    Query(#[from] diesel::result::Error),
+    #[error("database task panicked or was cancelled")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl Database {
+    /// Builds the pool. Blocking: opens the first connections.
+    pub fn connect(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        let url = DatabaseUrl::parse(&settings.url).context("invalid database URL")?;
+        let backend = url.backend();
+        let pool = Pool::builder()
+            .max_size(settings.pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+            .connection_customizer(Box::new(SqlitePragmas))
+            .build(Connector { url })
+            .with_context(|| format!("cannot connect to the {backend:?} database"))?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A pooled connection, for blocking code that is already off the async runtime.
+    pub fn get(&self) -> Result<PooledDb, DbError> {
+        self.pool.get().map_err(DbError::Unavailable)
+    }
+
+    /// Runs `work` with a pooled connection on the blocking thread pool, so a
+    /// query never stalls the async runtime.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> QueryResult<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(DbError::Unavailable)?;
+            Ok(work(&mut conn)?)
+        })
+        .await
+        .map_err(DbError::Task)?
+    }
+
+    /// Applies pending migrations; returns the names of those applied.
+    pub fn migrate(&self) -> anyhow::Result<Vec<String>> {
+        let mut conn = self.get()?;
+        let applied = match &mut *conn {
+            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+            DbConnection::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+        }
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("cannot apply database migrations")?;
+        Ok(applied.iter().map(ToString::to_string).collect())
+    }
+
+    /// Ready means reachable with every migration applied.
+    pub async fn check_ready(&self) -> Result<(), String> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| format!("database unreachable: {e}"))?;
+            let pending = match &mut *conn {
+                DbConnection::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
+                DbConnection::Postgres(c) => c.has_pending_migration(POSTGRES_MIGRATIONS),
+            }
+            .map_err(|e| format!("cannot read migration state: {e}"))?;
+            if pending {
+                Err("database migrations are pending; run `thinhook migrate`".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| format!("readiness check failed: {e}"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_choose_the_backend() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/thinhook.sqlite3"),
+            Ok(DatabaseUrl::Sqlite("data/thinhook.sqlite3".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/thinhook.db"),
+            Ok(DatabaseUrl::Sqlite("/var/lib/thinhook.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://postgres@127.0.0.1/thinhook").map(|u| u.backend()),
+            Ok(Backend::Postgres)
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://h/db").map(|u| u.backend()),
+            Ok(Backend::Postgres)
+        );
+        assert_eq!(
+            DatabaseUrl::parse("mysql://h/db"),
+            Err(InvalidDatabaseUrl::Scheme)
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://"),
+            Err(InvalidDatabaseUrl::NoPath)
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite::memory:"),
+            Err(InvalidDatabaseUrl::InMemory)
+        );
+    }
+}

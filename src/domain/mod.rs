@@ -1,0 +1,13 @@
+//! Domain types: values that are valid by construction (parse, don't validate).
+
+pub mod cursor;
+pub mod ids;
+pub mod page;
+pub mod text;
+pub mod webhook_url;
+
+pub use cursor::Cursor;
+pub use ids::{CommentId, MessageId, RequestId};
+pub use page::PageLimit;
+pub use text::Text;
+pub use webhook_url::WebhookUrl;

@@ -1,0 +1,161 @@
+//! How errors travel.
+//!
+//! - Repository functions return diesel's `QueryResult`; [`crate::db::Database::run`]
+//!   wraps pool and task failures in [`DbError`].
+//! - Handlers return [`ApiError`], the one error type the HTTP layer knows.
+//!   It renders as an RFC 9457 `application/problem+json` document whose
+//!   `type` is stable (`/problems/<code>`), so clients can branch on it.
+//!   Client mistakes are 4xx with a human `detail`; server faults are logged
+//!   with their cause chain and answered with a generic 500/503 that reveals
+//!   nothing internal.
+//! - Off the request path (start-up, CLI) errors are `anyhow` with context.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::db::DbError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not syntactically valid JSON.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// A path segment, query parameter or header is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Well-formed, but a field's value is not acceptable.
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this resource does not support {0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the service is temporarily unable to handle the request")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("the server failed to handle the request")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        Self::NotFound(format!("{what} `{id}` does not exist"))
+    }
+
+    /// The stable code, also the last segment of the problem `type`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed-json",
+            Self::InvalidRequest(_) => "invalid-request",
+            Self::Validation(_) => "validation-failed",
+            Self::NotFound(_) => "not-found",
+            Self::MethodNotAllowed(_) => "method-not-allowed",
+            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::Unavailable(_) => "service-unavailable",
+            Self::Internal(_) => "internal-error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "Malformed JSON",
+            Self::InvalidRequest(_) => "Invalid request",
+            Self::Validation(_) => "Validation failed",
+            Self::NotFound(_) => "Not found",
+            Self::MethodNotAllowed(_) => "Method not allowed",
+            Self::PayloadTooLarge(_) => "Payload too large",
+            Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::Unavailable(_) => "Service unavailable",
+            Self::Internal(_) => "Internal server error",
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_uri: format!("/problems/{}", self.code()),
+            title: self.title(),
+            status: self.status_code().as_u16(),
+            detail: self.to_string(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(cause) | Self::Unavailable(cause) = self {
+            // `{:#}` prints the whole cause chain on one line.
+            tracing::error!(
+                error = format!("{cause:#}"),
+                code = self.code(),
+                "request failed"
+            );
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+        if matches!(self, Self::Unavailable(_)) {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        response.json(self.problem())
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Unavailable(_) => Self::Unavailable(error.into()),
+            DbError::Query(_) | DbError::Task(_) => Self::Internal(error.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_type_is_derived_from_the_stable_code() {
+        let problem = ApiError::not_found("message", "msg_x").problem();
+        assert_eq!(problem.type_uri, "/problems/not-found");
+        assert_eq!(problem.status, 404);
+        assert_eq!(problem.detail, "message `msg_x` does not exist");
+    }
+
+    #[test]
+    fn server_faults_do_not_reveal_their_cause() {
+        let error = ApiError::Internal(anyhow::anyhow!("password=hunter2 in connection string"));
+        let problem = error.problem();
+        assert_eq!(problem.status, 500);
+        assert!(!problem.detail.contains("hunter2"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Messages and their comments: the board from which events arise.
+//!
+//! `GET /messages/{messageId}/comments/{commentId}` is the fetch endpoint a
+//! thin webhook links to.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use diesel::Connection;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::pagination::{Page, PageParams};
+use super::{AppState, resource};
+use crate::clock;
+use crate::db::messages as repo;
+use crate::db::models::{CommentRow, MessageRow};
+use crate::domain::{CommentId, MessageId, Text, WebhookUrl};
+use crate::error::ApiError;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/messages").route(web::post().to(create_message)))
+        .service(resource("/messages/{messageId}").route(web::get().to(get_message)))
+        .service(
+            resource("/messages/{messageId}/comments")
+                .route(web::post().to(create_comment))
+                .route(web::get().to(list_comments)),
+        )
+        .service(
+            resource("/messages/{messageId}/comments/{commentId}")
+                .route(web::get().to(get_comment)),
+        );
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateMessage {
+    text: String,
+    /// The seed API's shortcut: a subscription to new comments on this message.
+    #[serde(rename = "newCommentWebhook", alias = "new_comment_webhook", default)]
+    new_comment_webhook: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateComment {
+    text: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Message {
+    id: String,
+    text: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize)]
+struct Comment {
+    id: String,
+    message_id: String,
+    text: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+impl From<MessageRow> for Message {
+    fn from(row: MessageRow) -> Self {
+        Self {
+            id: row.id,
+            text: row.text,
+            created_at: row.created_at.assume_utc(),
+        }
+    }
+}
+
+impl From<CommentRow> for Comment {
+    fn from(row: CommentRow) -> Self {
+        Self {
+            id: row.id,
+            message_id: row.message_id,
+            text: row.text,
+            created_at: row.created_at.assume_utc(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MessagePath {
+    #[serde(rename = "messageId")]
+    message_id: MessageId,
+}
+
+#[derive(Debug, Deserialize)]
+struct CommentPath {
+    #[serde(rename = "messageId")]
+    message_id: MessageId,
+    #[serde(rename = "commentId")]
+    comment_id: CommentId,
+}
+
+fn parse_text(field: &str, value: String) -> Result<Text, ApiError> {
+    Text::parse(value).map_err(|e| ApiError::Validation(format!("`{field}` {e}")))
+}
+
+async fn create_message(
+    state: web::Data<AppState>,
+    body: web::Json<CreateMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let text = parse_text("text", body.text)?;
+    if let Some(url) = &body.new_comment_webhook {
+        WebhookUrl::parse(url)
+            .map_err(|e| ApiError::Validation(format!("`newCommentWebhook` {e}")))?;
+    }
+    let id = MessageId::generate();
+    let row = MessageRow {
+        id: id.to_string(),
+        text: text.into_string(),
+        created_at: clock::now(),
+    };
+    let stored = row.clone();
+    state
+        .db
+        .run(move |conn| repo::insert_message(conn, &stored))
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, state.links.message(&id)))
+        .json(Message::from(row)))
+}
+
+async fn get_message(
+    state: web::Data<AppState>,
+    path: web::Path<MessagePath>,
+) -> Result<web::Json<Message>, ApiError> {
+    let id = path.into_inner().message_id;
+    let lookup = id.clone();
+    let row = state
+        .db
+        .run(move |conn| repo::find_message(conn, &lookup))
+        .await?
+        .ok_or_else(|| ApiError::not_found("message", &id))?;
+    Ok(web::Json(row.into()))
+}
+
+async fn create_comment(
+    state: web::Data<AppState>,
+    path: web::Path<MessagePath>,
+    body: web::Json<CreateComment>,
+) -> Result<HttpResponse, ApiError> {
+    let message_id = path.into_inner().message_id;
+    let text = parse_text("text", body.into_inner().text)?;
+    let comment_id = CommentId::generate();
+    let row = CommentRow {
+        id: comment_id.to_string(),
+        message_id: message_id.to_string(),
+        text: text.into_string(),
+        created_at: clock::now(),
+    };
+    let stored = row.clone();
+    let lookup = message_id.clone();
+    let created = state
+        .db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                if !repo::message_exists(conn, &lookup)? {
+                    return Ok(false);
+                }
+                repo::insert_comment(conn, &stored)?;
+                Ok(true)
+            })
+        })
+        .await?;
+    if !created {
+        return Err(ApiError::not_found("message", &message_id));
+    }
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            state.links.comment(&message_id, &comment_id),
+        ))
+        .json(Comment::from(row)))
+}
+
+async fn get_comment(
+    state: web::Data<AppState>,
+    path: web::Path<CommentPath>,
+) -> Result<web::Json<Comment>, ApiError> {
+    let CommentPath {
+        message_id,
+        comment_id,
+    } = path.into_inner();
+    let (m, c) = (message_id.clone(), comment_id.clone());
+    let row = state
+        .db
+        .run(move |conn| repo::find_comment(conn, &m, &c))
+        .await?
+        .ok_or_else(|| ApiError::not_found("comment", &comment_id))?;
+    Ok(web::Json(row.into()))
+}
+
+async fn list_comments(
+    state: web::Data<AppState>,
+    path: web::Path<MessagePath>,
+    params: web::Query<PageParams>,
+) -> Result<web::Json<Page<Comment>>, ApiError> {
+    let message_id = path.into_inner().message_id;
+    let limit = params.limit()?;
+    let after = params.after(CommentId::parse)?;
+    let lookup = message_id.clone();
+    let rows = state
+        .db
+        .run(move |conn| {
+            if !repo::message_exists(conn, &lookup)? {
+                return Ok(None);
+            }
+            let fetch = i64::from(limit.get()) + 1;
+            repo::list_comments(conn, &lookup, after.as_ref(), fetch).map(Some)
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("message", &message_id))?;
+    let page = Page::from_rows(rows, limit, &params, |row| row.id.clone());
+    Ok(web::Json(page.map(Comment::from)))
+}

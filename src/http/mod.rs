@@ -1,0 +1,113 @@
+//! The HTTP API: routes (one file per resource), extractor configuration that
+//! turns every malformed request into a problem document, and middleware.
+
+pub mod health;
+pub mod messages;
+pub mod pagination;
+pub mod request_id;
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::db::Database;
+use crate::domain::{CommentId, MessageId};
+use crate::error::ApiError;
+
+/// Shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub links: Links,
+}
+
+/// Builds absolute URLs of resources from the public base URL.
+#[derive(Debug, Clone)]
+pub struct Links {
+    base: String,
+}
+
+impl Links {
+    pub fn new(public_base_url: &str) -> Self {
+        Self {
+            base: public_base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn message(&self, id: &MessageId) -> String {
+        format!("{}/messages/{id}", self.base)
+    }
+
+    pub fn comment(&self, message_id: &MessageId, id: &CommentId) -> String {
+        format!("{}/messages/{message_id}/comments/{id}", self.base)
+    }
+}
+
+/// Registers the routes and the extractor error handlers.
+pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(
+            web::JsonConfig::default()
+                .limit(max_body_bytes)
+                .error_handler(|e, _| json_error(e).into()),
+        )
+        .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
+        .configure(health::routes)
+        .configure(messages::routes)
+        .default_service(web::to(unknown_route));
+    }
+}
+
+/// A resource whose unsupported methods get a 405 problem document.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn unknown_route(req: HttpRequest) -> ApiError {
+    ApiError::NotFound(format!("no route matches {}", req.path()))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> ApiError {
+    ApiError::MethodNotAllowed(req.method().to_string())
+}
+
+fn json_error(error: JsonPayloadError) -> ApiError {
+    match error {
+        JsonPayloadError::OverflowKnownLength { limit, .. }
+        | JsonPayloadError::Overflow { limit } => {
+            ApiError::PayloadTooLarge(format!("the request body must be at most {limit} bytes"))
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::UnsupportedMediaType("the request body must be application/json".into())
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::Validation(e.to_string()),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::MalformedJson(format!("the request body is not valid JSON: {e}"))
+        }
+        other => ApiError::InvalidRequest(format!("cannot read the request body: {other}")),
+    }
+}
+
+fn path_error(error: PathError) -> ApiError {
+    match error {
+        PathError::Deserialize(e) => ApiError::InvalidRequest(e.to_string()),
+        other => ApiError::InvalidRequest(other.to_string()),
+    }
+}
+
+fn query_error(error: QueryPayloadError) -> ApiError {
+    match error {
+        QueryPayloadError::Deserialize(e) => {
+            ApiError::InvalidRequest(format!("invalid query string: {e}"))
+        }
+        other => ApiError::InvalidRequest(other.to_string()),
+    }
+}
+
+impl actix_web::Responder for ApiError {
+    type Body = actix_web::body::BoxBody;
+
+    fn respond_to(self, _req: &HttpRequest) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}

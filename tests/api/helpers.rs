@@ -1,0 +1,223 @@
+//! `spawn_app()` and the `TestApp` driver shared by every API test.
+
+use std::sync::Once;
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use thinhook::config::Settings;
+use thinhook::domain::RequestId;
+use thinhook::startup::Application;
+
+/// Names an admin database URL on a PostgreSQL server; each test creates and
+/// drops its own database there. Unset: the PostgreSQL variants are skipped.
+pub const POSTGRES_URL_VAR: &str = "TEST_POSTGRES_URL";
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares tests that run once per backend:
+/// `backend_tests! { async fn name(app: &TestApp) { … } }` makes
+/// `sqlite::name` and `postgres::name`.
+macro_rules! backend_tests {
+    ($($(#[$meta:meta])* async fn $name:ident($app:ident: &TestApp) $body:block)*) => {
+        $($(#[$meta])* async fn $name($app: &$crate::helpers::TestApp) $body)*
+
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await;
+                    super::$name(&app).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(app) = $crate::helpers::spawn_postgres_app().await else { return };
+                    super::$name(&app).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The database a test owns; removed when the test ends.
+enum TestDatabase {
+    Sqlite(#[expect(dead_code, reason = "held to delete the directory on drop")] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Self::Postgres { admin_url, name } = self {
+            // FORCE ends the server's pooled connections, which outlive the test.
+            let dropped = PgConnection::establish(admin_url).and_then(|mut conn| {
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
+            });
+            if let Err(error) = dropped {
+                eprintln!("could not drop test database {name}: {error}");
+            }
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    _database: TestDatabase,
+}
+
+/// The PostgreSQL variant of a test, or `None` (skipped) when no server is configured.
+pub async fn spawn_postgres_app() -> Option<TestApp> {
+    if std::env::var_os(POSTGRES_URL_VAR).is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {POSTGRES_URL_VAR} is unset: the PostgreSQL tests would be skipped"
+        );
+        static NOTICE: Once = Once::new();
+        NOTICE.call_once(|| eprintln!("{POSTGRES_URL_VAR} is unset: PostgreSQL tests skipped"));
+        return None;
+    }
+    Some(spawn_app(Backend::Postgres).await)
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the real server on a random port with a fresh database; `adjust`
+/// changes settings before start.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let (database, url) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let url = format!("sqlite://{}", dir.path().join("test.sqlite3").display());
+            (TestDatabase::Sqlite(dir), url)
+        }
+        Backend::Postgres => create_postgres_database(),
+    };
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().expect("socket address"),
+        workers: 1,
+        ..Settings::default()
+    };
+    settings.database.url = url;
+    settings.database.pool_size = 4;
+    adjust(&mut settings);
+
+    let app = Application::build(&settings)
+        .await
+        .expect("application builds");
+    let address = format!("http://{}", app.address());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        _database: database,
+    }
+}
+
+fn create_postgres_database() -> (TestDatabase, String) {
+    let admin_url = std::env::var(POSTGRES_URL_VAR).expect("checked by the caller");
+    let name = format!("thinhook_test_{}", &RequestId::generate().as_str()[4..]);
+    let mut conn = PgConnection::establish(&admin_url)
+        .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_VAR}: {e}"));
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin_url).expect("TEST_POSTGRES_URL is a URL");
+    url.set_path(&name);
+    (TestDatabase::Postgres { admin_url, name }, url.to_string())
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Posts raw bytes with the given content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn create_message(&self, text: &str) -> Value {
+        let response = self
+            .post_json("/messages", &serde_json::json!({ "text": text }))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("message JSON")
+    }
+
+    pub async fn create_comment(&self, message_id: &str, text: &str) -> Value {
+        let response = self
+            .post_json(
+                &format!("/messages/{message_id}/comments"),
+                &serde_json::json!({ "text": text }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("comment JSON")
+    }
+}
+
+/// Asserts that `response` is an RFC 9457 problem document with this status
+/// and stable code; returns the document.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let problem: Value = response.json().await.expect("problem JSON");
+    assert_eq!(problem["type"], format!("/problems/{code}"), "{problem}");
+    assert_eq!(problem["status"], status.as_u16(), "{problem}");
+    assert!(
+        problem["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{problem}"
+    );
+    problem
+}

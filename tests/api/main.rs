@@ -1,0 +1,15 @@
+//! The API tests: one binary, the real server on a real database.
+//! Every test in a `backend_tests!` block runs on SQLite and on PostgreSQL.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test should stop at the first surprise"
+)]
+
+#[macro_use]
+mod helpers;
+
+mod comments;
+mod errors;
+mod health;
+mod messages;
