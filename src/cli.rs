@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::auth::{self, Scopes};
+use crate::clock::{self, Clock};
 use crate::config::Settings;
-use crate::db::Database;
+use crate::db::{self, Database};
 use crate::startup::{Application, shutdown_signal};
 
 #[derive(Debug, Parser)]
@@ -30,13 +32,129 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage API clients (OAuth 2.0 client credentials).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Manage the keys that sign access tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Register a client; prints its id and secret (the secret only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Space-separated scopes the client may ask for.
+        #[arg(
+            long,
+            default_value = "messages:read messages:write subscriptions:manage events:read"
+        )]
+        scopes: String,
+    },
+    /// List clients (never their secrets).
+    List,
+    /// Revoke a client: its tokens stop working at once.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new signing key active; the old one keeps verifying until its tokens expire.
+    Rotate,
 }
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Clients(command) => with_database(settings, move |db| clients(db, command)).await,
+        Command::Keys(command) => {
+            if !settings.auth.signing_key_file.is_empty() {
+                anyhow::bail!(
+                    "the signing key comes from auth.signing_key_file; rotate it by replacing that file"
+                );
+            }
+            with_database(settings, move |db| keys(db, command)).await
+        }
     }
+}
+
+/// Runs blocking database work for a command, after applying migrations.
+async fn with_database(
+    settings: Settings,
+    work: impl FnOnce(&Database) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let db = Database::connect(&settings.database)?;
+        db.migrate()?;
+        work(&db)
+    })
+    .await?
+}
+
+fn clients(db: &Database, command: ClientsCommand) -> anyhow::Result<()> {
+    let now = clock::SystemClock.now_utc();
+    let mut conn = db.get()?;
+    match command {
+        ClientsCommand::Create { name, scopes } => {
+            let name = name.trim();
+            anyhow::ensure!(
+                !name.is_empty() && name.len() <= 200,
+                "--name must be 1 to 200 characters"
+            );
+            let scopes = Scopes::parse(&scopes)?;
+            anyhow::ensure!(!scopes.is_empty(), "--scopes must name at least one scope");
+            let client = auth::clients::create(&mut conn, name, scopes, now)?;
+            println!("client_id:     {}", client.id);
+            println!("client_secret: {}", client.secret.expose());
+            println!("scopes:        {}", client.scopes);
+            eprintln!("Store the secret now: it is not kept and cannot be shown again.");
+        }
+        ClientsCommand::List => {
+            println!(
+                "{:<30}  {:<8}  {:<27}  {:<24}  SCOPES",
+                "ID", "STATUS", "CREATED", "NAME"
+            );
+            for client in db::clients::list(&mut conn)? {
+                let status = if client.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<30}  {:<8}  {:<27}  {:<24}  {}",
+                    client.id,
+                    status,
+                    client
+                        .created_at
+                        .assume_utc()
+                        .format(&time::format_description::well_known::Rfc3339)?,
+                    client.name,
+                    client.scopes
+                );
+            }
+        }
+        ClientsCommand::Revoke { id } => {
+            if db::clients::revoke(&mut conn, &id, clock::to_db(now))? {
+                println!("revoked {id}");
+            } else {
+                anyhow::bail!("no active client `{id}`");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn keys(db: &Database, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Rotate => {
+            let kid = auth::keys::rotate(&mut *db.get()?, clock::SystemClock.now_utc())?;
+            println!("new signing key: {kid}");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

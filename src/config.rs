@@ -36,6 +36,7 @@ pub struct Settings {
     /// How long a graceful shutdown waits for requests in flight, in seconds.
     pub shutdown_timeout_secs: u64,
     pub database: DatabaseSettings,
+    pub auth: AuthSettings,
     pub log: LogSettings,
 }
 
@@ -48,6 +49,22 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// How long a request waits for a free connection before it gets a 503, in seconds.
     pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The `iss` of issued tokens, and the only one accepted. Empty: the public base URL.
+    pub issuer: String,
+    /// The `aud` of issued tokens, and the only one accepted.
+    pub audience: String,
+    /// Lifetime of an access token, in seconds.
+    pub token_ttl_secs: u64,
+    /// Clock difference tolerated when checking `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+    /// PEM file (PKCS#8 Ed25519) holding the token signing key. Empty: keys
+    /// are generated and kept in the database, and `thinhook keys rotate` rotates them.
+    pub signing_key_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +91,7 @@ impl Default for Settings {
             max_body_bytes: 64 * 1024,
             shutdown_timeout_secs: 30,
             database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -85,6 +103,18 @@ impl Default for DatabaseSettings {
             url: "sqlite://thinhook.sqlite3".into(),
             pool_size: 8,
             acquire_timeout_secs: 5,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: "thinhook".into(),
+            token_ttl_secs: 900,
+            leeway_secs: 30,
+            signing_key_file: String::new(),
         }
     }
 }
@@ -157,6 +187,15 @@ impl Settings {
         }
         if self.database.acquire_timeout_secs == 0 {
             return Err(("database.acquire_timeout_secs", "must be at least 1".into()));
+        }
+        if !(60..=86_400).contains(&self.auth.token_ttl_secs) {
+            return Err(("auth.token_ttl_secs", "must be between 60 and 86400".into()));
+        }
+        if self.auth.leeway_secs > 300 {
+            return Err(("auth.leeway_secs", "must be at most 300".into()));
+        }
+        if self.auth.audience.trim().is_empty() {
+            return Err(("auth.audience", "must not be empty".into()));
         }
         self.log
             .level

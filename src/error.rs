@@ -15,6 +15,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::auth::Scope;
+use crate::auth::tokens::TokenError;
 use crate::db::DbError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -30,6 +32,12 @@ pub enum ApiError {
     /// Well-formed, but a field's value is not acceptable.
     #[error("{0}")]
     Validation(String),
+    /// No valid bearer token (RFC 6750 `invalid_token`).
+    #[error("{0}")]
+    Unauthorized(#[from] TokenError),
+    /// A valid token without the scope the route needs.
+    #[error("this request needs the `{0}` scope")]
+    InsufficientScope(Scope),
     #[error("{0}")]
     NotFound(String),
     #[error("this resource does not support {0}")]
@@ -65,6 +73,8 @@ impl ApiError {
             Self::MalformedJson(_) => "malformed-json",
             Self::InvalidRequest(_) => "invalid-request",
             Self::Validation(_) => "validation-failed",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::InsufficientScope(_) => "insufficient-scope",
             Self::NotFound(_) => "not-found",
             Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::PayloadTooLarge(_) => "payload-too-large",
@@ -79,6 +89,8 @@ impl ApiError {
             Self::MalformedJson(_) => "Malformed JSON",
             Self::InvalidRequest(_) => "Invalid request",
             Self::Validation(_) => "Validation failed",
+            Self::Unauthorized(_) => "Unauthorized",
+            Self::InsufficientScope(_) => "Insufficient scope",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed(_) => "Method not allowed",
             Self::PayloadTooLarge(_) => "Payload too large",
@@ -103,6 +115,8 @@ impl ResponseError for ApiError {
         match self {
             Self::MalformedJson(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -123,8 +137,30 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
-        if matches!(self, Self::Unavailable(_)) {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        match self {
+            Self::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            // RFC 6750 §3: the challenge names the error; descriptions are
+            // fixed texts, safe inside a quoted string.
+            Self::Unauthorized(reason) => {
+                tracing::info!(reason = %reason, "bearer token refused");
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    format!(
+                        r#"Bearer realm="thinhook", error="invalid_token", error_description="{reason}""#
+                    ),
+                ));
+            }
+            Self::InsufficientScope(scope) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    format!(
+                        r#"Bearer realm="thinhook", error="insufficient_scope", scope="{scope}""#
+                    ),
+                ));
+            }
+            _ => {}
         }
         response.json(self.problem())
     }

@@ -12,6 +12,8 @@
 //! - [`startup`]: builds the [`startup::Application`] (database, migrations, HTTP server).
 //! - [`http`]: routes, one module per resource; extractor errors become
 //!   problem documents ([`error`]).
+//! - [`auth`]: OAuth 2.0 clients, EdDSA-signed JWT access tokens, the
+//!   `Caller<Scope>` extractor every protected route takes.
 //! - [`domain`]: values valid by construction — typed ids, text, cursors, URLs.
 //! - [`db`]: one diesel code path over SQLite and PostgreSQL; repository
 //!   functions take a connection so they compose in one transaction.
@@ -19,12 +21,14 @@
 //!
 //! # The path of one comment
 //!
-//! `POST /messages/{id}/comments` → [`http::messages`] parses the body into
-//! domain types → a blocking task takes a pooled [`db::DbConnection`] and, in
+//! `POST /messages/{id}/comments` → the `Caller<MessagesWrite>` extractor
+//! verifies the bearer token ([`auth`]) → [`http::messages`] parses the body
+//! into domain types → a blocking task takes a pooled [`db::DbConnection`] and, in
 //! one transaction, checks the message and inserts the comment
 //! ([`db::messages`]) → `201 Created` with a `Location` that is the fetch URL
 //! a webhook will later carry.
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -7,9 +7,11 @@
 //! stays in this module and matches on the variant; nothing above it knows
 //! which database it runs on.
 
+pub mod clients;
 pub mod messages;
 pub mod models;
 pub mod schema;
+pub mod signing_keys;
 
 use std::path::PathBuf;
 use std::time::Duration;

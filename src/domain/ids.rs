@@ -127,6 +127,14 @@ typed_id!(
     CommentId, "cmt", "comment"
 );
 typed_id!(
+    /// Identifies an API client (the OAuth 2.0 `client_id`): `cli_…`.
+    ClientId, "cli", "client"
+);
+typed_id!(
+    /// Identifies one access token (its `jti`): `tok_…`.
+    TokenId, "tok", "token"
+);
+typed_id!(
     /// Identifies one HTTP request in logs and the `x-request-id` header: `req_…`.
     RequestId, "req", "request"
 );

@@ -7,7 +7,7 @@ pub mod text;
 pub mod webhook_url;
 
 pub use cursor::Cursor;
-pub use ids::{CommentId, MessageId, RequestId};
+pub use ids::{ClientId, CommentId, MessageId, RequestId, TokenId};
 pub use page::PageLimit;
 pub use text::Text;
 pub use webhook_url::WebhookUrl;

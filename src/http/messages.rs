@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use super::pagination::{Page, PageParams};
 use super::{AppState, resource};
+use crate::auth::{Caller, MessagesRead, MessagesWrite};
 use crate::clock;
 use crate::db::messages as repo;
 use crate::db::models::{CommentRow, MessageRow};
@@ -50,6 +51,8 @@ struct CreateComment {
 struct Message {
     id: String,
     text: String,
+    /// The client that posted it.
+    author_client_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
 }
@@ -59,6 +62,7 @@ struct Comment {
     id: String,
     message_id: String,
     text: String,
+    author_client_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
 }
@@ -68,6 +72,7 @@ impl From<MessageRow> for Message {
         Self {
             id: row.id,
             text: row.text,
+            author_client_id: row.author_client_id,
             created_at: row.created_at.assume_utc(),
         }
     }
@@ -79,6 +84,7 @@ impl From<CommentRow> for Comment {
             id: row.id,
             message_id: row.message_id,
             text: row.text,
+            author_client_id: row.author_client_id,
             created_at: row.created_at.assume_utc(),
         }
     }
@@ -103,6 +109,7 @@ fn parse_text(field: &str, value: String) -> Result<Text, ApiError> {
 }
 
 async fn create_message(
+    caller: Caller<MessagesWrite>,
     state: web::Data<AppState>,
     body: web::Json<CreateMessage>,
 ) -> Result<HttpResponse, ApiError> {
@@ -116,7 +123,8 @@ async fn create_message(
     let row = MessageRow {
         id: id.to_string(),
         text: text.into_string(),
-        created_at: clock::now(),
+        created_at: clock::db_now(&*state.clock),
+        author_client_id: Some(caller.client_id.to_string()),
     };
     let stored = row.clone();
     state
@@ -129,6 +137,7 @@ async fn create_message(
 }
 
 async fn get_message(
+    _caller: Caller<MessagesRead>,
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
 ) -> Result<web::Json<Message>, ApiError> {
@@ -143,6 +152,7 @@ async fn get_message(
 }
 
 async fn create_comment(
+    caller: Caller<MessagesWrite>,
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
     body: web::Json<CreateComment>,
@@ -154,7 +164,8 @@ async fn create_comment(
         id: comment_id.to_string(),
         message_id: message_id.to_string(),
         text: text.into_string(),
-        created_at: clock::now(),
+        created_at: clock::db_now(&*state.clock),
+        author_client_id: Some(caller.client_id.to_string()),
     };
     let stored = row.clone();
     let lookup = message_id.clone();
@@ -182,6 +193,7 @@ async fn create_comment(
 }
 
 async fn get_comment(
+    _caller: Caller<MessagesRead>,
     state: web::Data<AppState>,
     path: web::Path<CommentPath>,
 ) -> Result<web::Json<Comment>, ApiError> {
@@ -199,6 +211,7 @@ async fn get_comment(
 }
 
 async fn list_comments(
+    _caller: Caller<MessagesRead>,
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
     params: web::Query<PageParams>,

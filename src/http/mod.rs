@@ -3,12 +3,14 @@
 
 pub mod health;
 pub mod messages;
+pub mod oauth;
 pub mod pagination;
 pub mod request_id;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::clock::SharedClock;
 use crate::db::Database;
 use crate::domain::{CommentId, MessageId};
 use crate::error::ApiError;
@@ -18,6 +20,7 @@ use crate::error::ApiError;
 pub struct AppState {
     pub db: Database,
     pub links: Links,
+    pub clock: SharedClock,
 }
 
 /// Builds absolute URLs of resources from the public base URL.
@@ -53,6 +56,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
         .configure(health::routes)
+        .configure(oauth::routes)
         .configure(messages::routes)
         .default_service(web::to(unknown_route));
     }

@@ -23,7 +23,13 @@ backend_tests! {
         assert_eq!(comment["message_id"], message["id"]);
         assert_eq!(comment["text"], "first!");
         assert_eq!(location, app.url(&format!("{path}/{}", id(&comment))));
-        let fetched = app.client.get(&location).send().await.unwrap();
+        let fetched = app
+            .client
+            .get(&location)
+            .bearer_auth(&app.user.token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(fetched.status(), StatusCode::OK);
         assert_eq!(fetched.json::<Value>().await.unwrap(), comment);
     }

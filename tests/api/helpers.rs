@@ -1,13 +1,17 @@
 //! `spawn_app()` and the `TestApp` driver shared by every API test.
 
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
+use thinhook::auth::{self, Scopes};
+use thinhook::clock::{Clock, ManualClock};
 use thinhook::config::Settings;
+use thinhook::db::Database;
 use thinhook::domain::RequestId;
 use thinhook::startup::Application;
+use time::OffsetDateTime;
 
 /// Names an admin database URL on a PostgreSQL server; each test creates and
 /// drops its own database there. Unset: the PostgreSQL variants are skipped.
@@ -70,9 +74,23 @@ impl Drop for TestDatabase {
     }
 }
 
+/// An API client registered for a test, with a token for all its scopes.
+pub struct TestClient {
+    pub id: String,
+    pub secret: String,
+    pub token: String,
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// The server's clock; tests move it instead of sleeping.
+    pub clock: Arc<ManualClock>,
+    /// A second pool on the server's database, for arranging and inspecting state.
+    pub db: Database,
+    pub settings: Settings,
+    /// A client holding every scope; `get`/`post_json` act as it.
+    pub user: TestClient,
     _database: TestDatabase,
 }
 
@@ -114,16 +132,28 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     settings.database.pool_size = 4;
     adjust(&mut settings);
 
-    let app = Application::build(&settings)
+    let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
+    let app = Application::build_with_clock(&settings, clock.clone())
         .await
         .expect("application builds");
     let address = format!("http://{}", app.address());
     tokio::spawn(app.run_until_stopped());
-    TestApp {
+    let db = Database::connect(&settings.database).expect("test pool connects");
+    let mut app = TestApp {
         address,
         client: reqwest::Client::new(),
+        clock,
+        db,
+        settings,
+        user: TestClient {
+            id: String::new(),
+            secret: String::new(),
+            token: String::new(),
+        },
         _database: database,
-    }
+    };
+    app.user = app.register_client("test user", Scopes::all()).await;
+    app
 }
 
 fn create_postgres_database() -> (TestDatabase, String) {
@@ -144,24 +174,67 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// Registers a client directly in the database and gets it a token.
+    pub async fn register_client(&self, name: &str, scopes: Scopes) -> TestClient {
+        let (db, name, now) = (self.db.clone(), name.to_owned(), self.clock.now_utc());
+        let created = tokio::task::spawn_blocking(move || {
+            auth::clients::create(&mut db.get().expect("connection"), &name, scopes, now)
+        })
+        .await
+        .expect("task")
+        .expect("client created");
+        let id = created.id.to_string();
+        let secret = created.secret.expose().to_owned();
+        let token = self.token_for(&id, &secret, None).await;
+        TestClient { id, secret, token }
+    }
+
+    /// A token from `POST /oauth/token` (HTTP Basic), optionally for fewer scopes.
+    pub async fn token_for(&self, id: &str, secret: &str, scope: Option<&str>) -> String {
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend(scope.map(|scope| ("scope", scope)));
+        let response = self
+            .client
+            .post(self.url("/oauth/token"))
+            .basic_auth(id, Some(secret))
+            .form(&form)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), StatusCode::OK, "token request failed");
+        let body: Value = response.json().await.expect("token JSON");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// GET as the test user.
     pub async fn get(&self, path: &str) -> Response {
+        self.get_with_token(path, &self.user.token).await
+    }
+
+    pub async fn get_with_token(&self, path: &str, token: &str) -> Response {
         self.client
             .get(self.url(path))
+            .bearer_auth(token)
             .send()
             .await
             .expect("request sent")
     }
 
+    /// POST JSON as the test user.
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.client
             .post(self.url(path))
+            .bearer_auth(&self.user.token)
             .json(body)
             .send()
             .await
             .expect("request sent")
     }
 
-    /// Posts raw bytes with the given content type.
+    /// POSTs raw bytes with the given content type, as the test user.
     pub async fn post_raw(
         &self,
         path: &str,
@@ -170,6 +243,7 @@ impl TestApp {
     ) -> Response {
         self.client
             .post(self.url(path))
+            .bearer_auth(&self.user.token)
             .header("content-type", content_type)
             .body(body)
             .send()

@@ -9,6 +9,7 @@
 #[macro_use]
 mod helpers;
 
+mod auth;
 mod comments;
 mod errors;
 mod health;

@@ -1,0 +1,160 @@
+//! Authentication and authorisation.
+//!
+//! thinhook is its own OAuth 2.0 authorisation server for machine clients:
+//! [`clients`] are registered by the CLI with a secret stored only as an
+//! argon2id hash ([`secret`]); `POST /oauth/token` trades client credentials
+//! for a short-lived JWT ([`tokens`]) signed by the [`keys`] ring. Every
+//! protected handler takes a [`Caller<S>`](Caller) whose type names the
+//! [`Scope`] it needs: the extractor verifies the bearer token, checks that
+//! the client is not revoked, and checks the scope before the handler runs.
+
+pub mod clients;
+pub mod keys;
+pub mod scope;
+pub mod secret;
+pub mod tokens;
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+
+pub use scope::{Scope, Scopes};
+use tokens::{TokenError, TokenPolicy};
+
+use crate::clock::SharedClock;
+use crate::db::{self, Database};
+use crate::domain::ClientId;
+use crate::error::ApiError;
+
+/// Verifies bearer tokens.
+#[derive(Debug)]
+pub struct Authenticator {
+    pub keys: Arc<keys::KeyRing>,
+    pub policy: TokenPolicy,
+    pub db: Database,
+    pub clock: SharedClock,
+}
+
+/// Who is calling, proven by a valid token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub client_id: ClientId,
+    pub scopes: Scopes,
+}
+
+impl Authenticator {
+    /// Verifies an `Authorization` header value and the client behind it.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
+        let token = bearer_token(authorization).ok_or(TokenError::Missing)?;
+        let kid = tokens::key_id(token)?;
+        let key = self
+            .keys
+            .decoding_key(&kid)
+            .await?
+            .ok_or(TokenError::UnknownKey)?;
+        let claims = tokens::verify(token, &key, &self.policy, self.clock.now_utc())?;
+        let client_id = ClientId::parse(&claims.sub).map_err(|_| TokenError::Subject)?;
+        let scopes = Scopes::parse(&claims.scope).map_err(|_| TokenError::Claims)?;
+        // Checked on every request, so a revocation takes effect at once.
+        let lookup = client_id.to_string();
+        let active = self
+            .db
+            .run(move |conn| db::clients::is_active(conn, &lookup))
+            .await?;
+        if !active {
+            return Err(TokenError::ClientRevoked.into());
+        }
+        Ok(Principal { client_id, scopes })
+    }
+}
+
+fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Names the scope a route needs, as a type: `Caller<MessagesRead>`.
+pub trait RequiredScope {
+    const SCOPE: Scope;
+}
+
+macro_rules! scope_markers {
+    ($($(#[$doc:meta])* $name:ident => $scope:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub struct $name;
+            impl RequiredScope for $name {
+                const SCOPE: Scope = Scope::$scope;
+            }
+        )*
+    };
+}
+
+scope_markers! {
+    /// `messages:read`
+    MessagesRead => MessagesRead,
+    /// `messages:write`
+    MessagesWrite => MessagesWrite,
+    /// `subscriptions:manage`
+    SubscriptionsManage => SubscriptionsManage,
+    /// `events:read`
+    EventsRead => EventsRead,
+}
+
+/// An authenticated caller holding scope `S`. Put it first among a handler's
+/// arguments so that an unauthenticated request is refused before its body is read.
+#[derive(Debug)]
+pub struct Caller<S> {
+    pub client_id: ClientId,
+    pub scopes: Scopes,
+    _scope: PhantomData<S>,
+}
+
+impl<S: RequiredScope + 'static> FromRequest for Caller<S> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let authenticator = req.app_data::<web::Data<Authenticator>>().cloned();
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.to_str().map(str::to_owned).unwrap_or_default());
+        Box::pin(async move {
+            let authenticator = authenticator.ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("no Authenticator registered in app data"))
+            })?;
+            let principal = authenticator.authenticate(authorization.as_deref()).await?;
+            if !principal.scopes.contains(S::SCOPE) {
+                return Err(ApiError::InsufficientScope(S::SCOPE));
+            }
+            Ok(Self {
+                client_id: principal.client_id,
+                scopes: principal.scopes,
+                _scope: PhantomData,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_taken_from_the_authorization_header() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(Some("Basic abc")), None);
+        assert_eq!(bearer_token(Some("Bearer ")), None);
+        assert_eq!(bearer_token(Some("Bearer")), None);
+        assert_eq!(bearer_token(None), None);
+    }
+}

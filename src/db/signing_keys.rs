@@ -1,0 +1,48 @@
+//! Repository functions for the keys that sign access tokens.
+
+use diesel::prelude::*;
+use time::PrimitiveDateTime;
+
+use super::DbConnection;
+use super::models::SigningKeyRow;
+use super::schema::signing_keys;
+
+pub fn insert(conn: &mut DbConnection, key: &SigningKeyRow) -> QueryResult<()> {
+    diesel::insert_into(signing_keys::table)
+        .values(key)
+        .execute(conn)
+        .map(drop)
+}
+
+/// The key that signs new tokens: the newest one not retired.
+pub fn active(conn: &mut DbConnection) -> QueryResult<Option<SigningKeyRow>> {
+    signing_keys::table
+        .filter(signing_keys::retired_at.is_null())
+        .order((signing_keys::created_at.desc(), signing_keys::kid.desc()))
+        .select(SigningKeyRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Keys that may still verify tokens: unretired, or retired after `since`.
+pub fn verifying(
+    conn: &mut DbConnection,
+    since: PrimitiveDateTime,
+) -> QueryResult<Vec<SigningKeyRow>> {
+    signing_keys::table
+        .filter(
+            signing_keys::retired_at
+                .is_null()
+                .or(signing_keys::retired_at.gt(since)),
+        )
+        .order(signing_keys::created_at.desc())
+        .select(SigningKeyRow::as_select())
+        .load(conn)
+}
+
+/// Retires every key still signing; returns how many.
+pub fn retire_active(conn: &mut DbConnection, at: PrimitiveDateTime) -> QueryResult<usize> {
+    diesel::update(signing_keys::table.filter(signing_keys::retired_at.is_null()))
+        .set(signing_keys::retired_at.eq(at))
+        .execute(conn)
+}

@@ -1,0 +1,218 @@
+//! The authorisation server: `POST /oauth/token` (RFC 6749 §4.4, client
+//! credentials) and `GET /.well-known/jwks.json`.
+//!
+//! Errors here follow RFC 6749 §5.2 (`{"error", "error_description"}`), not
+//! problem documents: that is what OAuth client libraries parse.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+use serde_json::json;
+
+use super::resource;
+use crate::auth::{self, Authenticator, Scopes};
+use crate::error::ApiError;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/oauth/token").route(web::post().to(token)))
+        .service(resource("/.well-known/jwks.json").route(web::get().to(jwks)));
+}
+
+#[derive(Debug, thiserror::Error)]
+enum OAuthError {
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// `basic` says whether the client tried HTTP Basic, to answer with its challenge.
+    #[error("client authentication failed")]
+    InvalidClient { basic: bool },
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error("only the client_credentials grant is supported")]
+    UnsupportedGrantType,
+    #[error("the token service is unavailable")]
+    Server(#[from] ApiError),
+}
+
+impl OAuthError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::Server(_) => "server_error",
+        }
+    }
+}
+
+impl ResponseError for OAuthError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::Server(inner) => inner.status_code(),
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Server(inner) = self {
+            // Logs the cause; the client sees only `server_error`.
+            let _ = inner.error_response();
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if let Self::InvalidClient { basic: true } = self {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="thinhook""#),
+            ));
+        }
+        response.json(json!({"error": self.code(), "error_description": self.to_string()}))
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: String,
+}
+
+/// Client credentials from `Authorization: Basic` (RFC 6749 §2.3.1: each part
+/// form-urlencoded, then base64) or the form; never both.
+fn client_credentials(
+    req: &HttpRequest,
+    form: &[(String, String)],
+) -> Result<(String, String, bool), OAuthError> {
+    let from_form = (field(form, "client_id")?, field(form, "client_secret")?);
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return match from_form {
+            (Some(id), Some(secret)) => Ok((id.to_owned(), secret.to_owned(), false)),
+            _ => Err(OAuthError::InvalidClient { basic: false }),
+        };
+    };
+    if from_form.0.is_some() || from_form.1.is_some() {
+        return Err(OAuthError::InvalidRequest(
+            "use either HTTP Basic or form fields for client authentication, not both",
+        ));
+    }
+    let invalid = OAuthError::InvalidClient { basic: true };
+    let value = value
+        .to_str()
+        .map_err(|_| OAuthError::InvalidClient { basic: true })?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))
+        .ok_or(OAuthError::InvalidClient { basic: true })?;
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(OAuthError::InvalidClient { basic: true })?;
+    let (id, secret) = decoded.split_once(':').ok_or(invalid)?;
+    let unescape =
+        |part: &str| form_urlencoded_decode(part).ok_or(OAuthError::InvalidClient { basic: true });
+    Ok((unescape(id)?, unescape(secret)?, true))
+}
+
+fn form_urlencoded_decode(part: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("v={part}")).ok()?;
+    pairs.into_iter().next().map(|(_, value)| value)
+}
+
+/// One field of the form; a repeated field is an error (RFC 6749 §3.2).
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, OAuthError> {
+    let mut values = form.iter().filter(|(key, _)| key == name);
+    let first = values.next().map(|(_, value)| value.as_str());
+    if values.next().is_some() {
+        return Err(OAuthError::InvalidRequest("a parameter was repeated"));
+    }
+    Ok(first)
+}
+
+async fn token(
+    req: HttpRequest,
+    body: web::Bytes,
+    authenticator: web::Data<Authenticator>,
+) -> Result<HttpResponse, OAuthError> {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(OAuthError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        .map_err(|_| OAuthError::InvalidRequest("the body is not a valid form"))?;
+    match field(&form, "grant_type")? {
+        None => return Err(OAuthError::InvalidRequest("grant_type is required")),
+        Some("client_credentials") => {}
+        Some(_) => return Err(OAuthError::UnsupportedGrantType),
+    }
+    let requested = field(&form, "scope")?
+        .map(|list| Scopes::parse(list).map_err(|e| OAuthError::InvalidScope(e.to_string())))
+        .transpose()?;
+    let (client_id, client_secret, basic) = client_credentials(&req, &form)?;
+
+    let auth = authenticator.clone();
+    let issued = authenticator
+        .db
+        .run(move |conn| {
+            let Some((id, allowed)) =
+                auth::clients::authenticate(conn, &client_id, &client_secret)?
+            else {
+                return Ok(Err(OAuthError::InvalidClient { basic }));
+            };
+            let scopes = match requested {
+                Some(requested) if !requested.is_subset(&allowed) => {
+                    return Ok(Err(OAuthError::InvalidScope(
+                        "the requested scope exceeds what this client may ask for".into(),
+                    )));
+                }
+                Some(requested) if !requested.is_empty() => requested,
+                _ => allowed,
+            };
+            let signed = auth
+                .keys
+                .signing_key(conn)
+                .and_then(|key| {
+                    auth::tokens::issue(&key, &auth.policy, &id, &scopes, auth.clock.now_utc())
+                        .map_err(anyhow::Error::from)
+                })
+                .map_err(|e| OAuthError::Server(ApiError::Internal(e)));
+            Ok(signed.map(|(token, claims)| (token, claims.scope)))
+        })
+        .await
+        .map_err(ApiError::from)??;
+    let (access_token, scope) = issued;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .insert_header((header::PRAGMA, HeaderValue::from_static("no-cache")))
+        .json(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: authenticator.policy.lifetime.as_secs(),
+            scope,
+        }))
+}
+
+async fn jwks(authenticator: web::Data<Authenticator>) -> Result<HttpResponse, ApiError> {
+    let keys = authenticator.keys.jwks().await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60"),
+        ))
+        .json(json!({ "keys": keys })))
+}
