@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::auth::{self, Scopes};
 use crate::clock::{self, Clock};
 use crate::config::Settings;
 use crate::db::{self, Database};
-use crate::startup::{Application, shutdown_signal};
+use crate::startup::{Application, Role, shutdown_signal};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,7 +28,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (applies pending migrations first).
-    Serve,
+    Serve {
+        /// `all`: API and dispatcher; `api`: HTTP only; `worker`: deliveries only.
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage API clients (OAuth 2.0 client credentials).
@@ -67,7 +70,7 @@ pub enum KeysCommand {
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Serve => serve(settings).await,
+        Command::Serve { role } => serve(settings, role).await,
         Command::Migrate => migrate(settings).await,
         Command::Clients(command) => with_database(settings, move |db| clients(db, command)).await,
         Command::Keys(command) => {
@@ -157,22 +160,15 @@ fn keys(db: &Database, command: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let app = Application::build(&settings).await?;
+async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
+    let app = Application::build(&settings, role).await?;
     tracing::info!(
-        address = %app.address(),
+        ?role,
+        address = app.address().map(|a| a.to_string()),
         public_base_url = app.public_base_url(),
-        "thinhook is listening"
+        "thinhook is running"
     );
-    let handle = app.handle();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested; finishing requests in flight");
-        handle.stop(true).await;
-    });
-    app.run_until_stopped()
-        .await
-        .context("HTTP server failed")?;
+    app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("thinhook stopped");
     Ok(())
 }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
+    pub delivery: DeliverySettings,
+    pub secrets: SecretsSettings,
     pub log: LogSettings,
 }
 
@@ -69,6 +71,48 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Networks webhooks may reach although not public, e.g. `["127.0.0.0/8"]`
+    /// for local development. Empty: public addresses only.
+    pub allow_cidrs: Vec<String>,
+    /// Refuse plain-http webhook URLs.
+    pub https_only: bool,
+    pub connect_timeout_secs: u64,
+    /// Whole-request limit, response body included.
+    pub timeout_secs: u64,
+    /// Wait before each attempt: the first is normally 0; after the last, a delivery is dead.
+    pub retry_schedule_secs: Vec<u64>,
+    /// The longest `Retry-After` honoured.
+    pub max_retry_after_secs: u64,
+    /// A subscription failing this long without a success is disabled.
+    pub disable_after_secs: u64,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    pub secret_overlap_secs: u64,
+    /// How long a claimed delivery stays leased to its dispatcher.
+    pub lease_secs: u64,
+    pub batch_size: u32,
+    /// Attempts in flight at once in this process.
+    pub max_in_flight: u32,
+    /// Attempts in flight at once for one subscription.
+    pub max_in_flight_per_subscription: u32,
+    /// How often the queue is polled when no wake-up arrives.
+    pub poll_interval_ms: u64,
+    /// Bytes of each response body kept in the delivery log.
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// base64 of 32 bytes: encrypts webhook secrets at rest. Empty: use `key_file`.
+    pub encryption_key: String,
+    /// Where the key is kept when `encryption_key` is empty; created (mode
+    /// 0600) on first start. Every process sharing a database needs the same key.
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     /// `info`, or per-target directives such as `warn,thinhook=debug`.
@@ -92,6 +136,8 @@ impl Default for Settings {
             shutdown_timeout_secs: 30,
             database: DatabaseSettings::default(),
             auth: AuthSettings::default(),
+            delivery: DeliverySettings::default(),
+            secrets: SecretsSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -115,6 +161,36 @@ impl Default for AuthSettings {
             token_ttl_secs: 900,
             leeway_secs: 30,
             signing_key_file: String::new(),
+        }
+    }
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            allow_cidrs: Vec::new(),
+            https_only: false,
+            connect_timeout_secs: 5,
+            timeout_secs: 15,
+            retry_schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+            max_retry_after_secs: 3600,
+            disable_after_secs: 5 * 86_400,
+            secret_overlap_secs: 86_400,
+            lease_secs: 60,
+            batch_size: 50,
+            max_in_flight: 64,
+            max_in_flight_per_subscription: 4,
+            poll_interval_ms: 1000,
+            max_response_bytes: 4096,
+        }
+    }
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            encryption_key: String::new(),
+            key_file: "thinhook.key".into(),
         }
     }
 }
@@ -196,6 +272,51 @@ impl Settings {
         }
         if self.auth.audience.trim().is_empty() {
             return Err(("auth.audience", "must not be empty".into()));
+        }
+        let delivery = &self.delivery;
+        for cidr in &delivery.allow_cidrs {
+            cidr.parse::<crate::delivery::ssrf::Cidr>()
+                .map_err(|e| ("delivery.allow_cidrs", e))?;
+        }
+        if delivery.retry_schedule_secs.is_empty() {
+            return Err((
+                "delivery.retry_schedule_secs",
+                "must name at least one attempt".into(),
+            ));
+        }
+        if delivery.lease_secs <= delivery.timeout_secs {
+            return Err((
+                "delivery.lease_secs",
+                "must be longer than delivery.timeout_secs, or a slow attempt could be made twice"
+                    .into(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "delivery.connect_timeout_secs",
+                delivery.connect_timeout_secs,
+            ),
+            ("delivery.timeout_secs", delivery.timeout_secs),
+            ("delivery.batch_size", u64::from(delivery.batch_size)),
+            ("delivery.max_in_flight", u64::from(delivery.max_in_flight)),
+            (
+                "delivery.max_in_flight_per_subscription",
+                u64::from(delivery.max_in_flight_per_subscription),
+            ),
+            ("delivery.poll_interval_ms", delivery.poll_interval_ms),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if !self.secrets.encryption_key.is_empty() {
+            crate::secret_box::SecretBox::from_base64(&self.secrets.encryption_key)
+                .map_err(|e| ("secrets.encryption_key", format!("{e:#}")))?;
+        } else if self.secrets.key_file.is_empty() {
+            return Err((
+                "secrets.key_file",
+                "must be set when secrets.encryption_key is empty".into(),
+            ));
         }
         self.log
             .level
@@ -381,13 +502,18 @@ fn parse_like(default: &Value, text: &str) -> Result<Value, String> {
             .parse()
             .map(Value::Boolean)
             .map_err(|_| format!("expected true or false, found `{text}`")),
-        Value::Array(_) => Ok(Value::Array(
+        Value::Array(items) => {
+            let element = items
+                .first()
+                .cloned()
+                .unwrap_or(Value::String(String::new()));
             text.split(',')
                 .map(str::trim)
                 .filter(|item| !item.is_empty())
-                .map(|item| Value::String(item.to_owned()))
-                .collect(),
-        )),
+                .map(|item| parse_like(&element, item))
+                .collect::<Result<_, _>>()
+                .map(Value::Array)
+        }
         Value::Datetime(_) | Value::Table(_) => {
             Err("cannot be set from the environment".to_owned())
         }
@@ -524,6 +650,22 @@ mod tests {
             }
             assert!(!message.contains('\n'), "not one line: {message:?}");
         }
+    }
+
+    #[test]
+    fn lists_come_from_the_environment_comma_separated() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("THINHOOK_DELIVERY_ALLOW_CIDRS", "127.0.0.0/8, ::1/128"),
+                ("THINHOOK_DELIVERY_RETRY_SCHEDULE_SECS", "0,1,2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.delivery.allow_cidrs, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(settings.delivery.retry_schedule_secs, [0, 1, 2]);
+        let err = load_err(None, &[("THINHOOK_DELIVERY_ALLOW_CIDRS", "10.0.0.0/99")]);
+        assert!(err.contains("`delivery.allow_cidrs`"), "{err}");
     }
 
     #[test]

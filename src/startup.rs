@@ -1,38 +1,92 @@
-//! Builds the application from settings: database, migrations, HTTP server.
+//! Builds the application from settings: database, migrations, keys, the
+//! HTTP server and the dispatcher, and runs them until shutdown.
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use tokio::sync::{Notify, watch};
 
 use crate::auth::Authenticator;
 use crate::auth::keys::{self, KeyRing, SigningKey};
 use crate::auth::tokens::TokenPolicy;
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
-use crate::db::Database;
-use crate::http::{self, AppState, Links, request_id};
+use crate::db::{Database, queue};
+use crate::delivery::client::{ClientSettings, WebhookClient};
+use crate::delivery::dispatcher::{DispatchSettings, Dispatcher};
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::ssrf::{Cidr, EgressPolicy, Guard, Resolver, SystemResolver};
+use crate::http::{self, AppState, Links, Webhooks, request_id};
+use crate::secret_box::SecretBox;
 
-/// The HTTP API, bound and ready to run.
+/// What this process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API and the dispatcher.
+    All,
+    /// Only the HTTP API; deliveries are made by workers.
+    Api,
+    /// Only the dispatcher.
+    Worker,
+}
+
+/// The things tests replace.
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    pub clock: SharedClock,
+    pub resolver: Arc<dyn Resolver>,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Self {
+            clock: clock::system(),
+            resolver: Arc::new(SystemResolver),
+        }
+    }
+}
+
+/// The gateway, bound and ready to run.
 pub struct Application {
-    address: SocketAddr,
+    role: Role,
+    address: Option<SocketAddr>,
     public_base_url: String,
-    server: Server,
+    server: Option<Server>,
+    dispatcher: Arc<Dispatcher>,
+    db: Database,
+    wake: Arc<Notify>,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("role", &self.role)
+            .field("address", &self.address)
+            .field("public_base_url", &self.public_base_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Application {
     /// Connects to the database, applies pending migrations and binds the listener.
-    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        Self::build_with_clock(settings, clock::system()).await
+    pub async fn build(settings: &Settings, role: Role) -> anyhow::Result<Self> {
+        Self::build_with(settings, role, Overrides::default()).await
     }
 
-    /// As [`Application::build`], reading time from `clock` (tests move it).
-    pub async fn build_with_clock(settings: &Settings, clock: SharedClock) -> anyhow::Result<Self> {
+    pub async fn build_with(
+        settings: &Settings,
+        role: Role,
+        overrides: Overrides,
+    ) -> anyhow::Result<Self> {
+        let clock = overrides.clock;
         let database = settings.database.clone();
         let uses_key_file = !settings.auth.signing_key_file.is_empty();
         let now = clock.now_utc();
@@ -48,78 +102,172 @@ impl Application {
         })
         .await
         .context("database set-up task failed")??;
-        Self::build_with_database(settings, db, clock)
-    }
-
-    fn build_with_database(
-        settings: &Settings,
-        db: Database,
-        clock: SharedClock,
-    ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let address = listener.local_addr()?;
-        let public_base_url = if settings.public_base_url.is_empty() {
-            default_base_url(address)
+        let secrets = Arc::new(if settings.secrets.encryption_key.is_empty() {
+            SecretBox::from_key_file(Path::new(&settings.secrets.key_file))?
         } else {
-            settings.public_base_url.trim_end_matches('/').to_owned()
-        };
-        let authenticator = web::Data::new(authenticator(settings, &db, &clock, &public_base_url)?);
-        let state = web::Data::new(AppState {
-            db,
-            links: Links::new(&public_base_url),
-            clock,
+            SecretBox::from_base64(&settings.secrets.encryption_key)?
         });
-        let max_body_bytes = settings.max_body_bytes;
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(request_id::middleware))
-                .app_data(state.clone())
-                .app_data(authenticator.clone())
-                .configure(http::configure(max_body_bytes))
-        })
-        // Signals are handled by the caller, which also stops the dispatcher.
-        .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout_secs);
-        if settings.workers > 0 {
-            server = server.workers(settings.workers);
-        }
-        let server = server.listen(listener)?.run();
+
+        let listener = match role {
+            Role::Worker => None,
+            Role::All | Role::Api => Some(
+                TcpListener::bind(settings.listen)
+                    .with_context(|| format!("cannot listen on {}", settings.listen))?,
+            ),
+        };
+        let address = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let public_base_url = match (settings.public_base_url.as_str(), address) {
+            ("", Some(address)) => default_base_url(address),
+            ("", None) => default_base_url(settings.listen),
+            (url, _) => url.trim_end_matches('/').to_owned(),
+        };
+
+        let delivery = &settings.delivery;
+        let guard = Guard::new(
+            EgressPolicy {
+                allow: delivery
+                    .allow_cidrs
+                    .iter()
+                    .map(|c| c.parse::<Cidr>().map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<_>>()?,
+                https_only: delivery.https_only,
+            },
+            overrides.resolver,
+        );
+        let client = WebhookClient::new(
+            guard.clone(),
+            &ClientSettings {
+                connect_timeout: Duration::from_secs(delivery.connect_timeout_secs),
+                timeout: Duration::from_secs(delivery.timeout_secs),
+                max_response_bytes: delivery.max_response_bytes,
+            },
+        )?;
+        let wake = Arc::new(Notify::new());
+        let shutdown_grace = Duration::from_secs(settings.shutdown_timeout_secs);
+        let dispatcher = Arc::new(Dispatcher::new(
+            db.clone(),
+            clock.clone(),
+            client,
+            secrets.clone(),
+            public_base_url.clone(),
+            DispatchSettings {
+                retry: RetryPolicy {
+                    delays: delivery
+                        .retry_schedule_secs
+                        .iter()
+                        .map(|s| Duration::from_secs(*s))
+                        .collect(),
+                    max_retry_after: Duration::from_secs(delivery.max_retry_after_secs),
+                },
+                lease: Duration::from_secs(delivery.lease_secs),
+                batch: delivery.batch_size,
+                max_in_flight: delivery.max_in_flight,
+                per_subscription: delivery.max_in_flight_per_subscription,
+                poll_interval: Duration::from_millis(delivery.poll_interval_ms),
+                disable_after: Duration::from_secs(delivery.disable_after_secs),
+                shutdown_grace,
+            },
+            wake.clone(),
+        ));
+
+        let server = match listener {
+            None => None,
+            Some(listener) => {
+                let authenticator =
+                    web::Data::new(authenticator(settings, &db, &clock, &public_base_url)?);
+                let state = web::Data::new(AppState {
+                    db: db.clone(),
+                    links: Links::new(&public_base_url),
+                    clock,
+                    webhooks: Webhooks {
+                        guard,
+                        secrets,
+                        wake: wake.clone(),
+                        secret_overlap: Duration::from_secs(delivery.secret_overlap_secs),
+                    },
+                });
+                let max_body_bytes = settings.max_body_bytes;
+                let mut server = HttpServer::new(move || {
+                    App::new()
+                        .wrap(from_fn(request_id::middleware))
+                        .app_data(state.clone())
+                        .app_data(authenticator.clone())
+                        .configure(http::configure(max_body_bytes))
+                })
+                // Signals are handled by `run_until_stopped`, which also stops the dispatcher.
+                .disable_signals()
+                .shutdown_timeout(settings.shutdown_timeout_secs);
+                if settings.workers > 0 {
+                    server = server.workers(settings.workers);
+                }
+                Some(server.listen(listener)?.run())
+            }
+        };
         Ok(Self {
+            role,
             address,
             public_base_url,
             server,
+            dispatcher,
+            db,
+            wake,
+            shutdown_grace,
         })
     }
 
-    pub fn address(&self) -> SocketAddr {
+    /// The bound HTTP address (none for a worker).
+    pub fn address(&self) -> Option<SocketAddr> {
         self.address
-    }
-
-    pub fn port(&self) -> u16 {
-        self.address.port()
     }
 
     pub fn public_base_url(&self) -> &str {
         &self.public_base_url
     }
 
-    /// Stops the server: gracefully (finishing requests in flight) or not.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// The dispatcher; tests drive it with `dispatch_all_pending`.
+    pub fn dispatcher(&self) -> Arc<Dispatcher> {
+        self.dispatcher.clone()
     }
 
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
-    }
-}
-
-impl std::fmt::Debug for Application {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("address", &self.address)
-            .field("public_base_url", &self.public_base_url)
-            .finish_non_exhaustive()
+    /// Runs the HTTP server and/or the dispatcher until `shutdown` resolves
+    /// or one of them stops; then stops the other gracefully.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let dispatcher = matches!(self.role, Role::All | Role::Worker).then(|| {
+            if let Some(url) = self.db.postgres_url() {
+                queue::spawn_listener(url, self.wake.clone(), stopped.clone());
+            }
+            tokio::spawn(self.dispatcher.clone().run(stopped))
+        });
+        let handle = self.server.as_ref().map(Server::handle);
+        let server = async {
+            match self.server {
+                Some(server) => server.await.context("HTTP server failed"),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(server);
+        let result = tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutdown requested");
+                Ok(())
+            }
+            result = &mut server => {
+                tracing::warn!(?result, "HTTP server stopped by itself");
+                result
+            }
+        };
+        let _ = stop.send(true);
+        if let Some(handle) = handle {
+            handle.stop(true).await;
+        }
+        if let Some(dispatcher) = dispatcher {
+            let grace = self.shutdown_grace + Duration::from_secs(5);
+            if tokio::time::timeout(grace, dispatcher).await.is_err() {
+                tracing::warn!("dispatcher did not stop in time");
+            }
+        }
+        result
     }
 }
 

@@ -8,10 +8,14 @@
 //! which database it runs on.
 
 pub mod clients;
+pub mod deliveries;
+pub mod events;
 pub mod messages;
 pub mod models;
+pub mod queue;
 pub mod schema;
 pub mod signing_keys;
+pub mod subscriptions;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -157,6 +161,7 @@ pub type PooledDb = PooledConnection<Connector>;
 pub struct Database {
     pool: DbPool,
     backend: Backend,
+    url: DatabaseUrl,
 }
 
 /// Why a database call failed.
@@ -180,13 +185,21 @@ impl Database {
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(settings.acquire_timeout_secs))
             .connection_customizer(Box::new(SqlitePragmas))
-            .build(Connector { url })
+            .build(Connector { url: url.clone() })
             .with_context(|| format!("cannot connect to the {backend:?} database"))?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, url })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The connection URL when the backend is PostgreSQL.
+    pub fn postgres_url(&self) -> Option<String> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => Some(url.clone()),
+            DatabaseUrl::Sqlite(_) => None,
+        }
     }
 
     /// A pooled connection, for blocking code that is already off the async runtime.

@@ -4,7 +4,9 @@
 use diesel::prelude::*;
 use time::PrimitiveDateTime;
 
-use super::schema::{clients, comments, messages, signing_keys};
+use super::schema::{
+    clients, comments, deliveries, delivery_attempts, events, messages, signing_keys, subscriptions,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = messages)]
@@ -13,6 +15,8 @@ pub struct MessageRow {
     pub text: String,
     pub created_at: PrimitiveDateTime,
     pub author_client_id: Option<String>,
+    /// The sequence number of the message's latest event.
+    pub last_sequence: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -65,4 +69,85 @@ impl std::fmt::Debug for SigningKeyRow {
             .field("retired_at", &self.retired_at)
             .finish_non_exhaustive()
     }
+}
+
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = subscriptions, treat_none_as_null = true)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub owner_client_id: String,
+    pub url: String,
+    pub event_types: String,
+    pub message_id: Option<String>,
+    pub description: Option<String>,
+    pub enabled: i32,
+    pub disabled_reason: Option<String>,
+    /// Sealed; see `crate::secret_box`.
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<PrimitiveDateTime>,
+    pub failing_since: Option<PrimitiveDateTime>,
+    pub created_at: PrimitiveDateTime,
+    pub updated_at: PrimitiveDateTime,
+}
+
+impl SubscriptionRow {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled != 0
+    }
+}
+
+impl std::fmt::Debug for SubscriptionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionRow")
+            .field("id", &self.id)
+            .field("owner_client_id", &self.owner_client_id)
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub id: String,
+    pub event_type: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub resource_path: String,
+    pub message_id: String,
+    pub sequence: i64,
+    pub created_at: PrimitiveDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = deliveries)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_id: String,
+    pub subscription_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: PrimitiveDateTime,
+    pub locked_until: Option<PrimitiveDateTime>,
+    pub locked_by: Option<String>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<PrimitiveDateTime>,
+    pub fetched_at: Option<PrimitiveDateTime>,
+    pub created_at: PrimitiveDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = delivery_attempts)]
+pub struct AttemptRow {
+    pub delivery_id: String,
+    pub number: i32,
+    pub started_at: PrimitiveDateTime,
+    pub duration_ms: i64,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
 }

@@ -22,11 +22,55 @@ diesel::table! {
 }
 
 diesel::table! {
+    deliveries (id) {
+        id -> Text,
+        event_id -> Text,
+        subscription_id -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        locked_until -> Nullable<Timestamp>,
+        locked_by -> Nullable<Text>,
+        last_status_code -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<Timestamp>,
+        fetched_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    delivery_attempts (delivery_id, number) {
+        delivery_id -> Text,
+        number -> Integer,
+        started_at -> Timestamp,
+        duration_ms -> BigInt,
+        status_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        response_excerpt -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Text,
+        event_type -> Text,
+        resource_type -> Text,
+        resource_id -> Text,
+        resource_path -> Text,
+        message_id -> Text,
+        sequence -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     messages (id) {
         id -> Text,
         text -> Text,
         created_at -> Timestamp,
         author_client_id -> Nullable<Text>,
+        last_sequence -> BigInt,
     }
 }
 
@@ -40,6 +84,37 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(comments -> messages (message_id));
+diesel::table! {
+    subscriptions (id) {
+        id -> Text,
+        owner_client_id -> Text,
+        url -> Text,
+        event_types -> Text,
+        message_id -> Nullable<Text>,
+        description -> Nullable<Text>,
+        enabled -> Integer,
+        disabled_reason -> Nullable<Text>,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_secret_expires_at -> Nullable<Timestamp>,
+        failing_since -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
 
-diesel::allow_tables_to_appear_in_same_query!(clients, comments, messages, signing_keys);
+diesel::joinable!(comments -> messages (message_id));
+diesel::joinable!(deliveries -> events (event_id));
+diesel::joinable!(deliveries -> subscriptions (subscription_id));
+diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    clients,
+    comments,
+    deliveries,
+    delivery_attempts,
+    events,
+    messages,
+    signing_keys,
+    subscriptions,
+);

@@ -135,6 +135,18 @@ typed_id!(
     TokenId, "tok", "token"
 );
 typed_id!(
+    /// Identifies a webhook subscription: `sub_…`.
+    SubscriptionId, "sub", "subscription"
+);
+typed_id!(
+    /// Identifies an event (also the `webhook-id` of its deliveries): `evt_…`.
+    EventId, "evt", "event"
+);
+typed_id!(
+    /// Identifies one event's delivery to one subscription: `dlv_…`.
+    DeliveryId, "dlv", "delivery"
+);
+typed_id!(
     /// Identifies one HTTP request in logs and the `x-request-id` header: `req_…`.
     RequestId, "req", "request"
 );

@@ -1,13 +1,19 @@
 //! Domain types: values that are valid by construction (parse, don't validate).
 
 pub mod cursor;
+pub mod event_type;
 pub mod ids;
 pub mod page;
+pub mod signing_secret;
 pub mod text;
 pub mod webhook_url;
 
 pub use cursor::Cursor;
-pub use ids::{ClientId, CommentId, MessageId, RequestId, TokenId};
+pub use event_type::{EventType, EventTypes};
+pub use ids::{
+    ClientId, CommentId, DeliveryId, EventId, MessageId, RequestId, SubscriptionId, TokenId,
+};
 pub use page::PageLimit;
+pub use signing_secret::SigningSecret;
 pub use text::Text;
 pub use webhook_url::WebhookUrl;

@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::pagination::{Page, PageParams};
-use super::{AppState, resource};
+use super::subscriptions::{self, CreatedSubscription, NewSubscription};
+use super::{AppState, Links, resource};
 use crate::auth::{Caller, MessagesRead, MessagesWrite};
 use crate::clock;
-use crate::db::messages as repo;
 use crate::db::models::{CommentRow, MessageRow};
-use crate::domain::{CommentId, MessageId, Text, WebhookUrl};
+use crate::db::{messages as repo, subscriptions as subscription_repo};
+use crate::delivery::outbox::{self, NewEvent};
+use crate::domain::{CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -108,6 +110,15 @@ fn parse_text(field: &str, value: String) -> Result<Text, ApiError> {
     Text::parse(value).map_err(|e| ApiError::Validation(format!("`{field}` {e}")))
 }
 
+/// The message as created, with the subscription its `newCommentWebhook` made.
+#[derive(Debug, Serialize)]
+struct CreatedMessage {
+    #[serde(flatten)]
+    message: Message,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscription: Option<CreatedSubscription>,
+}
+
 async fn create_message(
     caller: Caller<MessagesWrite>,
     state: web::Data<AppState>,
@@ -115,25 +126,63 @@ async fn create_message(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let text = parse_text("text", body.text)?;
-    if let Some(url) = &body.new_comment_webhook {
-        WebhookUrl::parse(url)
-            .map_err(|e| ApiError::Validation(format!("`newCommentWebhook` {e}")))?;
-    }
     let id = MessageId::generate();
+    let subscription = match &body.new_comment_webhook {
+        Some(url) => {
+            let url = subscriptions::vet_url(&state, "newCommentWebhook", url).await?;
+            let types = EventTypes::one(EventType::CommentCreated);
+            Some(subscriptions::new_subscription(
+                &state,
+                &caller.client_id,
+                &url,
+                &types,
+                Some(&id),
+                None,
+            ))
+        }
+        None => None,
+    };
+    let now = clock::db_now(&*state.clock);
     let row = MessageRow {
         id: id.to_string(),
         text: text.into_string(),
-        created_at: clock::db_now(&*state.clock),
+        created_at: now,
         author_client_id: Some(caller.client_id.to_string()),
+        last_sequence: 0,
     };
-    let stored = row.clone();
-    state
+    let (stored, subscription_row) = (row.clone(), subscription.as_ref().map(|s| s.row.clone()));
+    let path = Links::message_path(&id);
+    let queued = state
         .db
-        .run(move |conn| repo::insert_message(conn, &stored))
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                repo::insert_message(conn, &stored)?;
+                if let Some(subscription) = &subscription_row {
+                    subscription_repo::insert(conn, subscription)?;
+                }
+                let event = NewEvent {
+                    event_type: EventType::MessageCreated,
+                    resource_type: "message",
+                    resource_id: &stored.id,
+                    resource_path: path,
+                    message_id: &stored.id,
+                };
+                outbox::record(conn, event, now).map(|(_, queued)| queued)
+            })
+        })
         .await?;
+    if queued > 0 {
+        state.webhooks.wake.notify_one();
+    }
     Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, state.links.message(&id)))
-        .json(Message::from(row)))
+        .insert_header((
+            header::LOCATION,
+            state.links.absolute(&Links::message_path(&id)),
+        ))
+        .json(CreatedMessage {
+            message: row.into(),
+            subscription: subscription.map(NewSubscription::into_response),
+        }))
 }
 
 async fn get_message(
@@ -160,34 +209,47 @@ async fn create_comment(
     let message_id = path.into_inner().message_id;
     let text = parse_text("text", body.into_inner().text)?;
     let comment_id = CommentId::generate();
+    let now = clock::db_now(&*state.clock);
     let row = CommentRow {
         id: comment_id.to_string(),
         message_id: message_id.to_string(),
         text: text.into_string(),
-        created_at: clock::db_now(&*state.clock),
+        created_at: now,
         author_client_id: Some(caller.client_id.to_string()),
     };
     let stored = row.clone();
     let lookup = message_id.clone();
-    let created = state
+    let resource_path = Links::comment_path(&message_id, &comment_id);
+    // The comment, its event and its deliveries commit together or not at all.
+    let queued = state
         .db
         .run(move |conn| {
             conn.transaction(|conn| {
                 if !repo::message_exists(conn, &lookup)? {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 repo::insert_comment(conn, &stored)?;
-                Ok(true)
+                let event = NewEvent {
+                    event_type: EventType::CommentCreated,
+                    resource_type: "comment",
+                    resource_id: &stored.id,
+                    resource_path,
+                    message_id: &stored.message_id,
+                };
+                outbox::record(conn, event, now).map(|(_, queued)| Some(queued))
             })
         })
-        .await?;
-    if !created {
-        return Err(ApiError::not_found("message", &message_id));
+        .await?
+        .ok_or_else(|| ApiError::not_found("message", &message_id))?;
+    if queued > 0 {
+        state.webhooks.wake.notify_one();
     }
     Ok(HttpResponse::Created()
         .insert_header((
             header::LOCATION,
-            state.links.comment(&message_id, &comment_id),
+            state
+                .links
+                .absolute(&Links::comment_path(&message_id, &comment_id)),
         ))
         .json(Comment::from(row)))
 }

@@ -6,14 +6,21 @@ pub mod messages;
 pub mod oauth;
 pub mod pagination;
 pub mod request_id;
+pub mod subscriptions;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::clock::SharedClock;
 use crate::db::Database;
+use crate::delivery::dispatcher::Wake;
+use crate::delivery::ssrf::Guard;
 use crate::domain::{CommentId, MessageId};
 use crate::error::ApiError;
+use crate::secret_box::SecretBox;
 
 /// Shared by every handler.
 #[derive(Debug, Clone)]
@@ -21,6 +28,19 @@ pub struct AppState {
     pub db: Database,
     pub links: Links,
     pub clock: SharedClock,
+    pub webhooks: Webhooks,
+}
+
+/// What the API needs to register webhooks and hand events to the dispatcher.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    /// Vets URLs at registration, as the dispatcher does at every attempt.
+    pub guard: Guard,
+    pub secrets: Arc<SecretBox>,
+    /// Wakes this process's dispatcher after a commit that queued deliveries.
+    pub wake: Wake,
+    /// How long a rotated-out secret keeps signing.
+    pub secret_overlap: Duration,
 }
 
 /// Builds absolute URLs of resources from the public base URL.
@@ -36,12 +56,21 @@ impl Links {
         }
     }
 
-    pub fn message(&self, id: &MessageId) -> String {
-        format!("{}/messages/{id}", self.base)
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
-    pub fn comment(&self, message_id: &MessageId, id: &CommentId) -> String {
-        format!("{}/messages/{message_id}/comments/{id}", self.base)
+    /// `path` (starting with `/`) under the public base URL.
+    pub fn absolute(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn message_path(id: &MessageId) -> String {
+        format!("/messages/{id}")
+    }
+
+    pub fn comment_path(message_id: &MessageId, id: &CommentId) -> String {
+        format!("/messages/{message_id}/comments/{id}")
     }
 }
 
@@ -58,6 +87,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         .configure(health::routes)
         .configure(oauth::routes)
         .configure(messages::routes)
+        .configure(subscriptions::routes)
         .default_service(web::to(unknown_route));
     }
 }

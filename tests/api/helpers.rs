@@ -9,8 +9,10 @@ use thinhook::auth::{self, Scopes};
 use thinhook::clock::{Clock, ManualClock};
 use thinhook::config::Settings;
 use thinhook::db::Database;
+use thinhook::delivery::dispatcher::Dispatcher;
+use thinhook::delivery::ssrf::Resolver;
 use thinhook::domain::RequestId;
-use thinhook::startup::Application;
+use thinhook::startup::{Application, Overrides, Role};
 use time::OffsetDateTime;
 
 /// Names an admin database URL on a PostgreSQL server; each test creates and
@@ -46,6 +48,34 @@ macro_rules! backend_tests {
                 async fn $name() {
                     let Some(app) = $crate::helpers::spawn_postgres_app().await else { return };
                     super::$name(&app).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Like `backend_tests!`, for tests that start their own app(s):
+/// `backend_tests_with_backend! { async fn name(backend: Backend) { … } }`.
+macro_rules! backend_tests_with_backend {
+    ($($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $($(#[$meta])* async fn $name($backend: $crate::helpers::Backend) $body)*
+
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if $crate::helpers::postgres_enabled() {
+                        super::$name($crate::helpers::Backend::Postgres).await;
+                    }
                 }
             )*
         }
@@ -91,30 +121,79 @@ pub struct TestApp {
     pub settings: Settings,
     /// A client holding every scope; `get`/`post_json` act as it.
     pub user: TestClient,
+    /// The server's dispatcher; tests run it step by step.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Answers name lookups for the server; tests set what names resolve to.
+    pub resolver: Arc<TestResolver>,
     _database: TestDatabase,
+}
+
+/// A resolver answering from a table the test controls; other names fail,
+/// so no test ever looks up a real host.
+#[derive(Debug, Default)]
+pub struct TestResolver(std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::IpAddr>>>);
+
+impl TestResolver {
+    pub fn set(&self, host: &str, ips: &[&str]) {
+        let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        self.0.lock().unwrap().insert(host.to_owned(), ips);
+    }
+}
+
+impl Resolver for TestResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<std::net::SocketAddr>>> + Send>,
+    > {
+        let found = self.0.lock().unwrap().get(host).cloned();
+        Box::pin(async move {
+            found
+                .map(|ips| {
+                    ips.into_iter()
+                        .map(|ip| std::net::SocketAddr::new(ip, port))
+                        .collect()
+                })
+                .ok_or_else(|| std::io::Error::other("no such host (test resolver)"))
+        })
+    }
 }
 
 /// The PostgreSQL variant of a test, or `None` (skipped) when no server is configured.
 pub async fn spawn_postgres_app() -> Option<TestApp> {
-    if std::env::var_os(POSTGRES_URL_VAR).is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {POSTGRES_URL_VAR} is unset: the PostgreSQL tests would be skipped"
-        );
-        static NOTICE: Once = Once::new();
-        NOTICE.call_once(|| eprintln!("{POSTGRES_URL_VAR} is unset: PostgreSQL tests skipped"));
+    if !postgres_enabled() {
         return None;
     }
     Some(spawn_app(Backend::Postgres).await)
 }
 
+/// Whether PostgreSQL tests run; says so once when they are skipped.
+pub fn postgres_enabled() -> bool {
+    if std::env::var_os(POSTGRES_URL_VAR).is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {POSTGRES_URL_VAR} is unset: the PostgreSQL tests would be skipped"
+    );
+    static NOTICE: Once = Once::new();
+    NOTICE.call_once(|| eprintln!("{POSTGRES_URL_VAR} is unset: PostgreSQL tests skipped"));
+    false
+}
+
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_with(backend, |_| {}).await
+    spawn_app_with(backend, Role::Api, |_| {}).await
 }
 
 /// Starts the real server on a random port with a fresh database; `adjust`
 /// changes settings before start.
-pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+pub async fn spawn_app_with(
+    backend: Backend,
+    role: Role,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     let (database, url) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temporary directory");
@@ -130,14 +209,23 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     };
     settings.database.url = url;
     settings.database.pool_size = 4;
+    // Webhook receivers in tests live on loopback.
+    settings.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
+    settings.secrets.encryption_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into();
     adjust(&mut settings);
 
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
-    let app = Application::build_with_clock(&settings, clock.clone())
+    let resolver = Arc::new(TestResolver::default());
+    let overrides = Overrides {
+        clock: clock.clone(),
+        resolver: resolver.clone(),
+    };
+    let app = Application::build_with(&settings, role, overrides)
         .await
         .expect("application builds");
-    let address = format!("http://{}", app.address());
-    tokio::spawn(app.run_until_stopped());
+    let address = format!("http://{}", app.address().expect("the API listens"));
+    let dispatcher = app.dispatcher();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
     let db = Database::connect(&settings.database).expect("test pool connects");
     let mut app = TestApp {
         address,
@@ -150,6 +238,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
             secret: String::new(),
             token: String::new(),
         },
+        dispatcher,
+        resolver,
         _database: database,
     };
     app.user = app.register_client("test user", Scopes::all()).await;
@@ -249,6 +339,20 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// Moves the server's clock and gets the test user a token valid at the new time.
+    pub async fn advance(&mut self, by: std::time::Duration) {
+        self.clock.advance(by);
+        self.user.token = self.token_for(&self.user.id, &self.user.secret, None).await;
+    }
+
+    /// Runs the dispatcher until nothing is due; returns how many attempts it made.
+    pub async fn dispatch_all_pending(&self) -> usize {
+        self.dispatcher
+            .dispatch_all_pending()
+            .await
+            .expect("dispatch")
     }
 
     pub async fn create_message(&self, text: &str) -> Value {

@@ -14,3 +14,6 @@ mod comments;
 mod errors;
 mod health;
 mod messages;
+mod receiver;
+mod subscriptions;
+mod webhooks;

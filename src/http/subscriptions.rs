@@ -1,0 +1,547 @@
+//! Webhook subscriptions, their secrets and their delivery logs. Every
+//! subscription belongs to the client that made it; to anyone else it does
+//! not exist (404, never 403).
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::pagination::{Page, PageParams};
+use super::{AppState, resource};
+use crate::auth::{Caller, SubscriptionsManage};
+use crate::clock::{db_now, to_db};
+use crate::db::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
+use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
+use crate::domain::{
+    ClientId, DeliveryId, EventTypes, MessageId, SigningSecret, SubscriptionId, WebhookUrl,
+};
+use crate::error::ApiError;
+use diesel::Connection;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/subscriptions")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .service(
+        resource("/subscriptions/{subscriptionId}")
+            .route(web::get().to(get))
+            .route(web::patch().to(update))
+            .route(web::delete().to(delete)),
+    )
+    .service(
+        resource("/subscriptions/{subscriptionId}/secret/rotate").route(web::post().to(rotate)),
+    )
+    .service(
+        resource("/subscriptions/{subscriptionId}/deliveries").route(web::get().to(deliveries_log)),
+    )
+    .service(resource("/deliveries/{deliveryId}/retry").route(web::post().to(retry)));
+}
+
+const MAX_DESCRIPTION_CHARS: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSubscription {
+    url: String,
+    event_types: Vec<String>,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateSubscription {
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+    enabled: Option<bool>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Subscription {
+    id: String,
+    url: String,
+    event_types: Vec<String>,
+    message_id: Option<String>,
+    description: Option<String>,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl From<SubscriptionRow> for Subscription {
+    fn from(row: SubscriptionRow) -> Self {
+        Self {
+            enabled: row.is_enabled(),
+            event_types: EventTypes::from_stored(&row.event_types)
+                .map(|types| types.names().into_iter().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            id: row.id,
+            url: row.url,
+            message_id: row.message_id,
+            description: row.description,
+            disabled_reason: row.disabled_reason,
+            created_at: row.created_at.assume_utc(),
+            updated_at: row.updated_at.assume_utc(),
+        }
+    }
+}
+
+/// A new subscription with the only copy of its secret.
+#[derive(Debug, Serialize)]
+pub struct CreatedSubscription {
+    #[serde(flatten)]
+    subscription: Subscription,
+    /// Shown once: store it to verify signatures.
+    secret: String,
+}
+
+/// A subscription about to be stored, and its secret in the clear.
+#[derive(Debug)]
+pub struct NewSubscription {
+    pub row: SubscriptionRow,
+    pub secret: SigningSecret,
+}
+
+impl NewSubscription {
+    pub fn into_response(self) -> CreatedSubscription {
+        CreatedSubscription {
+            secret: self.secret.expose(),
+            subscription: self.row.into(),
+        }
+    }
+}
+
+fn validation(field: &str, error: impl std::fmt::Display) -> ApiError {
+    ApiError::Validation(format!("`{field}` {error}"))
+}
+
+/// Parses a webhook URL and vets where it leads (the SSRF guard).
+pub async fn vet_url(state: &AppState, field: &str, url: &str) -> Result<WebhookUrl, ApiError> {
+    let url = WebhookUrl::parse(url).map_err(|e| validation(field, e))?;
+    state
+        .webhooks
+        .guard
+        .vet_url(url.as_url())
+        .await
+        .map_err(|blocked| validation(field, format!("is not allowed: {blocked}")))?;
+    Ok(url)
+}
+
+fn parse_event_types(names: &[String]) -> Result<EventTypes, ApiError> {
+    EventTypes::parse(names.iter().map(String::as_str)).map_err(|e| validation("event_types", e))
+}
+
+fn parse_description(description: Option<String>) -> Result<Option<String>, ApiError> {
+    match description {
+        Some(text) if text.chars().count() > MAX_DESCRIPTION_CHARS => Err(validation(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        )),
+        Some(text) if text.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+/// Builds a subscription with a fresh secret, sealed for storage.
+pub fn new_subscription(
+    state: &AppState,
+    owner: &ClientId,
+    url: &WebhookUrl,
+    event_types: &EventTypes,
+    message_id: Option<&MessageId>,
+    description: Option<String>,
+) -> NewSubscription {
+    let id = SubscriptionId::generate();
+    let secret = SigningSecret::generate();
+    let now = db_now(&*state.clock);
+    let row = SubscriptionRow {
+        secret: state.webhooks.secrets.seal(&secret.expose(), id.as_str()),
+        id: id.to_string(),
+        owner_client_id: owner.to_string(),
+        url: url.to_string(),
+        event_types: event_types.to_stored(),
+        message_id: message_id.map(ToString::to_string),
+        description,
+        enabled: 1,
+        disabled_reason: None,
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        failing_since: None,
+        created_at: now,
+        updated_at: now,
+    };
+    NewSubscription { row, secret }
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscriptionPath {
+    #[serde(rename = "subscriptionId")]
+    id: SubscriptionId,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeliveryPath {
+    #[serde(rename = "deliveryId")]
+    id: DeliveryId,
+}
+
+fn not_found(id: &SubscriptionId) -> ApiError {
+    ApiError::not_found("subscription", id)
+}
+
+async fn create(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    body: web::Json<CreateSubscription>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let event_types = parse_event_types(&body.event_types)?;
+    let message_id = body
+        .message_id
+        .as_deref()
+        .map(MessageId::parse)
+        .transpose()
+        .map_err(|e| validation("message_id", e))?;
+    let description = parse_description(body.description)?;
+    let url = vet_url(&state, "url", &body.url).await?;
+    let new = new_subscription(
+        &state,
+        &caller.client_id,
+        &url,
+        &event_types,
+        message_id.as_ref(),
+        description,
+    );
+    let row = new.row.clone();
+    let stored = state
+        .db
+        .run(move |conn| {
+            if let Some(message_id) = &message_id
+                && !message_repo::message_exists(conn, message_id)?
+            {
+                return Ok(false);
+            }
+            repo::insert(conn, &row)?;
+            Ok(true)
+        })
+        .await?;
+    if !stored {
+        return Err(validation("message_id", "names no existing message"));
+    }
+    let location = state
+        .links
+        .absolute(&format!("/subscriptions/{}", new.row.id));
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location))
+        .json(new.into_response()))
+}
+
+async fn list(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    params: web::Query<PageParams>,
+) -> Result<web::Json<Page<Subscription>>, ApiError> {
+    let limit = params.limit()?;
+    let after = params.after(SubscriptionId::parse)?;
+    let owner = caller.client_id.to_string();
+    let rows = state
+        .db
+        .run(move |conn| {
+            let after = after.as_ref().map(SubscriptionId::as_str);
+            repo::list_owned(conn, &owner, after, i64::from(limit.get()) + 1)
+        })
+        .await?;
+    Ok(web::Json(
+        Page::from_rows(rows, limit, &params, |row| row.id.clone()).map(Subscription::from),
+    ))
+}
+
+async fn find(
+    state: &AppState,
+    caller: &ClientId,
+    id: &SubscriptionId,
+) -> Result<SubscriptionRow, ApiError> {
+    let (lookup, owner) = (id.to_string(), caller.to_string());
+    state
+        .db
+        .run(move |conn| repo::find_owned(conn, &lookup, &owner))
+        .await?
+        .ok_or_else(|| not_found(id))
+}
+
+async fn get(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+) -> Result<web::Json<Subscription>, ApiError> {
+    Ok(web::Json(
+        find(&state, &caller.client_id, &path.id).await?.into(),
+    ))
+}
+
+async fn update(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+    body: web::Json<UpdateSubscription>,
+) -> Result<web::Json<Subscription>, ApiError> {
+    let body = body.into_inner();
+    let event_types = body
+        .event_types
+        .as_deref()
+        .map(parse_event_types)
+        .transpose()?;
+    let description = parse_description(body.description.clone())?;
+    let url = match &body.url {
+        Some(url) => Some(vet_url(&state, "url", url).await?),
+        None => None,
+    };
+    let mut row = find(&state, &caller.client_id, &path.id).await?;
+    if let Some(url) = url {
+        row.url = url.to_string();
+    }
+    if let Some(types) = event_types {
+        row.event_types = types.to_stored();
+    }
+    if body.description.is_some() {
+        row.description = description;
+    }
+    match body.enabled {
+        // Re-enabling starts afresh: no reason, no failing period.
+        Some(true) => {
+            row.enabled = 1;
+            row.disabled_reason = None;
+            row.failing_since = None;
+        }
+        Some(false) if row.is_enabled() => {
+            row.enabled = 0;
+            row.disabled_reason = Some("disabled by its owner".into());
+        }
+        _ => {}
+    }
+    row.updated_at = db_now(&*state.clock);
+    let stored = row.clone();
+    state
+        .db
+        .run(move |conn| repo::update(conn, &stored))
+        .await?;
+    if body.enabled == Some(true) {
+        // Deliveries held while it was disabled are due again.
+        state.webhooks.wake.notify_one();
+    }
+    Ok(web::Json(row.into()))
+}
+
+async fn delete(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, owner) = (path.id.to_string(), caller.client_id.to_string());
+    let deleted = state
+        .db
+        .run(move |conn| repo::delete_owned(conn, &id, &owner))
+        .await?;
+    if !deleted {
+        return Err(not_found(&path.id));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Serialize)]
+struct RotatedSecret {
+    /// The new secret, shown once.
+    secret: String,
+    /// Until then the previous secret signs too (a second `v1,` signature).
+    #[serde(with = "time::serde::rfc3339")]
+    previous_secret_expires_at: OffsetDateTime,
+}
+
+async fn rotate(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+) -> Result<web::Json<RotatedSecret>, ApiError> {
+    let mut row = find(&state, &caller.client_id, &path.id).await?;
+    let now = state.clock.now_utc();
+    let expires = now + state.webhooks.secret_overlap;
+    let secret = SigningSecret::generate();
+    row.previous_secret = Some(std::mem::replace(
+        &mut row.secret,
+        state.webhooks.secrets.seal(&secret.expose(), &row.id),
+    ));
+    row.previous_secret_expires_at = Some(to_db(expires));
+    row.updated_at = to_db(now);
+    state.db.run(move |conn| repo::update(conn, &row)).await?;
+    Ok(web::Json(RotatedSecret {
+        secret: secret.expose(),
+        previous_secret_expires_at: expires,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct Attempt {
+    number: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    started_at: OffsetDateTime,
+    duration_ms: i64,
+    status_code: Option<i32>,
+    error: Option<String>,
+    response_excerpt: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Delivery {
+    id: String,
+    event_id: String,
+    event_type: String,
+    subscription_id: String,
+    status: String,
+    attempt_count: i32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    next_attempt_at: Option<OffsetDateTime>,
+    last_status_code: Option<i32>,
+    last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    delivered_at: Option<OffsetDateTime>,
+    /// When the subscriber first fetched the resource after delivery.
+    #[serde(with = "time::serde::rfc3339::option")]
+    fetched_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    attempts: Vec<Attempt>,
+}
+
+fn delivery_json(delivery: DeliveryRow, event: EventRow, attempts: Vec<AttemptRow>) -> Delivery {
+    Delivery {
+        next_attempt_at: (delivery.status == deliveries::PENDING)
+            .then(|| delivery.next_attempt_at.assume_utc()),
+        id: delivery.id,
+        event_id: event.id,
+        event_type: event.event_type,
+        subscription_id: delivery.subscription_id,
+        status: delivery.status,
+        attempt_count: delivery.attempts,
+        last_status_code: delivery.last_status_code,
+        last_error: delivery.last_error,
+        delivered_at: delivery.delivered_at.map(|t| t.assume_utc()),
+        fetched_at: delivery.fetched_at.map(|t| t.assume_utc()),
+        created_at: delivery.created_at.assume_utc(),
+        attempts: attempts
+            .into_iter()
+            .map(|a| Attempt {
+                number: a.number,
+                started_at: a.started_at.assume_utc(),
+                duration_ms: a.duration_ms,
+                status_code: a.status_code,
+                error: a.error,
+                response_excerpt: a.response_excerpt,
+            })
+            .collect(),
+    }
+}
+
+/// Attaches each delivery's attempts.
+fn with_attempts(
+    conn: &mut DbConnection,
+    rows: Vec<(DeliveryRow, EventRow)>,
+) -> diesel::QueryResult<Vec<Delivery>> {
+    let ids: Vec<String> = rows.iter().map(|(d, _)| d.id.clone()).collect();
+    let mut attempts = deliveries::attempts_of(conn, &ids)?;
+    Ok(rows
+        .into_iter()
+        .map(|(delivery, event)| {
+            let (mine, rest): (Vec<_>, Vec<_>) = attempts
+                .drain(..)
+                .partition(|a| a.delivery_id == delivery.id);
+            attempts = rest;
+            delivery_json(delivery, event, mine)
+        })
+        .collect())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryParams {
+    status: Option<String>,
+    limit: Option<u64>,
+    after: Option<String>,
+}
+
+async fn deliveries_log(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+    params: web::Query<DeliveryParams>,
+) -> Result<web::Json<Page<Delivery>>, ApiError> {
+    let params = params.into_inner();
+    if let Some(status) = &params.status
+        && !deliveries::STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "`status` must be one of {}",
+            deliveries::STATUSES.join(", ")
+        )));
+    }
+    let page = PageParams {
+        limit: params.limit,
+        after: params.after,
+    };
+    let limit = page.limit()?;
+    let after = page.after(DeliveryId::parse)?;
+    let subscription = find(&state, &caller.client_id, &path.id).await?;
+    let status = params.status;
+    let rows = state
+        .db
+        .run(move |conn| {
+            let rows = deliveries::list_for_subscription(
+                conn,
+                &subscription.id,
+                status.as_deref(),
+                after.as_ref().map(DeliveryId::as_str),
+                i64::from(limit.get()) + 1,
+            )?;
+            with_attempts(conn, rows)
+        })
+        .await?;
+    Ok(web::Json(Page::from_rows(rows, limit, &page, |d| {
+        d.id.clone()
+    })))
+}
+
+async fn retry(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<DeliveryPath>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, owner) = (path.id.to_string(), caller.client_id.to_string());
+    let now = db_now(&*state.clock);
+    let found = state
+        .db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                if deliveries::find_owned(conn, &id, &owner)?.is_none() {
+                    return Ok(None);
+                }
+                deliveries::retry_now(conn, &id, now)?;
+                queue::announce(conn)?;
+                let row = deliveries::find_owned(conn, &id, &owner)?;
+                row.map(|row| with_attempts(conn, vec![row])).transpose()
+            })
+        })
+        .await?;
+    let delivery = found
+        .and_then(|mut list| list.pop())
+        .ok_or_else(|| ApiError::not_found("delivery", &path.id))?;
+    state.webhooks.wake.notify_one();
+    Ok(HttpResponse::Accepted().json(delivery))
+}

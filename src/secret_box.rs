@@ -1,0 +1,163 @@
+//! Encryption at rest for secrets the gateway must be able to read back
+//! (webhook signing secrets): AES-256-GCM with a key from the configuration.
+//!
+//! A sealed value is `v1:` + base64(nonce ‖ ciphertext ‖ tag). The row it
+//! belongs to is bound in as associated data, so a ciphertext copied to
+//! another row does not open.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+const VERSION: &str = "v1:";
+const KEY_LEN: usize = 32;
+
+pub struct SecretBox {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBox([redacted])")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a sealed secret could not be opened: wrong encryption key, or corrupted")]
+pub struct OpenError;
+
+impl SecretBox {
+    pub fn new(key: &[u8; KEY_LEN]) -> Self {
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key fits AES-256");
+        Self {
+            key: LessSafeKey::new(key),
+        }
+    }
+
+    /// From base64 of 32 bytes, as in `secrets.encryption_key`.
+    pub fn from_base64(encoded: &str) -> anyhow::Result<Self> {
+        let bytes = STANDARD
+            .decode(encoded.trim())
+            .context("the encryption key is not base64")?;
+        let key: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the encryption key must be 32 bytes"))?;
+        Ok(Self::new(&key))
+    }
+
+    /// Reads the key file, or creates it (mode 0600) with a new random key.
+    pub fn from_key_file(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_base64(&text)
+                .with_context(|| format!("invalid encryption key in {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; KEY_LEN];
+                getrandom::fill(&mut key).map_err(|e| {
+                    anyhow::anyhow!("no random source for a new encryption key: {e}")
+                })?;
+                write_private_file(path, STANDARD.encode(key).as_bytes()).with_context(|| {
+                    format!("cannot create the encryption key file {}", path.display())
+                })?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "generated a new secrets encryption key; back it up: without it stored webhook secrets cannot be read"
+                );
+                Ok(Self::new(&key))
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn seal(&self, plaintext: &str, bound_to: &str) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the operating system random source is available");
+        let mut buffer = plaintext.as_bytes().to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(bound_to.as_bytes()),
+                &mut buffer,
+            )
+            .expect("AES-GCM seals any message shorter than 64 GiB");
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&buffer);
+        format!("{VERSION}{}", STANDARD.encode(sealed))
+    }
+
+    pub fn open(&self, sealed: &str, bound_to: &str) -> Result<String, OpenError> {
+        let encoded = sealed.strip_prefix(VERSION).ok_or(OpenError)?;
+        let bytes = STANDARD.decode(encoded).map_err(|_| OpenError)?;
+        if bytes.len() < NONCE_LEN {
+            return Err(OpenError);
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError)?;
+        let mut buffer = ciphertext.to_vec();
+        let plaintext = self
+            .key
+            .open_in_place(nonce, Aad::from(bound_to.as_bytes()), &mut buffer)
+            .map_err(|_| OpenError)?;
+        String::from_utf8(plaintext.to_vec()).map_err(|_| OpenError)
+    }
+}
+
+/// Creates `path` readable by its owner only; fails if it exists.
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret_box() -> SecretBox {
+        SecretBox::new(&[7u8; KEY_LEN])
+    }
+
+    #[test]
+    fn sealed_values_open_with_the_same_key_and_binding_only() {
+        let sealed = secret_box().seal("whsec_abc", "sub_1");
+        assert!(sealed.starts_with("v1:"));
+        assert!(!sealed.contains("whsec_abc"));
+        assert_eq!(secret_box().open(&sealed, "sub_1").unwrap(), "whsec_abc");
+        assert!(secret_box().open(&sealed, "sub_2").is_err());
+        assert!(
+            SecretBox::new(&[8u8; KEY_LEN])
+                .open(&sealed, "sub_1")
+                .is_err()
+        );
+        assert!(secret_box().open("v1:AAAA", "sub_1").is_err());
+        assert!(secret_box().open("plain", "sub_1").is_err());
+    }
+
+    #[test]
+    fn sealing_twice_gives_different_ciphertexts() {
+        assert_ne!(secret_box().seal("x", "a"), secret_box().seal("x", "a"));
+    }
+
+    #[test]
+    fn a_missing_key_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("thinhook.key");
+        let first = SecretBox::from_key_file(&path).unwrap();
+        let sealed = first.seal("s", "b");
+        let second = SecretBox::from_key_file(&path).unwrap();
+        assert_eq!(second.open(&sealed, "b").unwrap(), "s");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Webhook delivery end to end: real receivers on 127.0.0.1, the dispatcher
+//! driven step by step, time moved by the test clock.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use thinhook::delivery::signer;
+use thinhook::domain::SigningSecret;
+use thinhook::startup::Role;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::receiver::{Received, Receiver, Reply};
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().unwrap().to_owned()
+}
+
+/// Registers a subscription; returns (id, secret).
+async fn subscribe(
+    app: &TestApp,
+    url: &str,
+    types: &[&str],
+    message_id: Option<&str>,
+) -> (String, String) {
+    let response = app
+        .post_json(
+            "/subscriptions",
+            &json!({"url": url, "event_types": types, "message_id": message_id}),
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        response.text().await
+    );
+    let body: Value = response.json().await.unwrap();
+    (id(&body), body["secret"].as_str().unwrap().to_owned())
+}
+
+/// Checks the Standard Webhooks signature of `received` against `secret`.
+fn signed_with(received: &Received, secret: &str) -> bool {
+    let secret = SigningSecret::parse(secret).unwrap();
+    let timestamp: i64 = received.header("webhook-timestamp").parse().unwrap();
+    let expected = signer::sign(
+        &secret,
+        received.header("webhook-id"),
+        timestamp,
+        &received.body,
+    );
+    received
+        .header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+}
+
+async fn deliveries_of(app: &TestApp, subscription: &str) -> Vec<Value> {
+    let page: Value = app
+        .get(&format!("/subscriptions/{subscription}/deliveries"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+async fn subscription(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/subscriptions/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn post_comment(app: &TestApp, message: &str, text: &str) -> Value {
+    app.create_comment(message, text).await
+}
+
+backend_tests_with_backend! {
+    async fn a_comment_reaches_each_matching_subscription_once_signed_and_thin(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("the thread").await);
+        let other_message = id(&app.create_message("another thread").await);
+        let (_, for_message) = subscribe(&app, &receiver.url("/this"), &["comment.created"], Some(&message)).await;
+        let (_, for_all) = subscribe(&app, &receiver.url("/all"), &["comment.created", "message.created"], None).await;
+        subscribe(&app, &receiver.url("/other-message"), &["comment.created"], Some(&other_message)).await;
+        subscribe(&app, &receiver.url("/other-type"), &["message.created"], None).await;
+        let (disabled, _) = subscribe(&app, &receiver.url("/disabled"), &["comment.created"], None).await;
+        app.client.patch(app.url(&format!("/subscriptions/{disabled}"))).bearer_auth(&app.user.token)
+            .json(&json!({"enabled": false})).send().await.unwrap();
+        let (deleted, _) = subscribe(&app, &receiver.url("/deleted"), &["comment.created"], None).await;
+        app.client.delete(app.url(&format!("/subscriptions/{deleted}"))).bearer_auth(&app.user.token).send().await.unwrap();
+
+        let comment = post_comment(&app, &message, "secret words nobody else may read").await;
+        app.dispatch_all_pending().await;
+
+        for (path, secret) in [("/this", &for_message), ("/all", &for_all)] {
+            let got = receiver.received_on(path);
+            assert_eq!(got.len(), 1, "{path}: {got:?}");
+            let request = &got[0];
+            assert!(signed_with(request, secret), "{path}: bad signature");
+            assert_eq!(request.header("content-type"), "application/json");
+            assert!(request.header("user-agent").starts_with("thinhook/"));
+            let body_text = String::from_utf8(request.body.clone()).unwrap();
+            assert!(!body_text.contains("secret words"), "the body carries the comment: {body_text}");
+            let body = request.json();
+            assert_eq!(body["type"], "comment.created");
+            assert_eq!(body["id"], request.header("webhook-id"));
+            assert_eq!(body["data"]["resource"]["type"], "comment");
+            assert_eq!(body["data"]["resource"]["id"], comment["id"]);
+            assert_eq!(body["data"]["message_id"], message.as_str());
+            assert_eq!(body["data"]["sequence"], 2, "message.created was 1");
+            // The link leads to the comment, for a client with a token.
+            let url = body["data"]["resource"]["url"].as_str().unwrap();
+            let fetched: Value = app.client.get(url).bearer_auth(&app.user.token).send().await.unwrap().json().await.unwrap();
+            assert_eq!(fetched["text"], "secret words nobody else may read");
+        }
+        for path in ["/other-message", "/other-type", "/disabled", "/deleted"] {
+            assert!(receiver.received_on(path).is_empty(), "{path} received something");
+        }
+        assert_eq!(app.dispatch_all_pending().await, 0, "delivered twice");
+    }
+
+    async fn a_failed_delivery_is_retried_on_schedule_and_then_delivered(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([Reply::status(500)]);
+
+        post_comment(&app, &message, "c").await;
+        assert_eq!(app.dispatch_all_pending().await, 1);
+        assert_eq!(app.dispatch_all_pending().await, 0, "retried before its time");
+        app.clock.advance(Duration::from_secs(7));
+        assert_eq!(app.dispatch_all_pending().await, 1);
+
+        let log = deliveries_of(&app, &sub).await;
+        assert_eq!(log[0]["status"], "delivered");
+        let attempts = log[0]["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2);
+        assert_eq!(attempts[0]["status_code"], 500);
+        assert_eq!(attempts[0]["response_excerpt"], "ok");
+        assert_eq!(attempts[1]["status_code"], 200);
+        assert_eq!(receiver.received().len(), 2);
+        assert_eq!(receiver.received()[0].header("webhook-id"), receiver.received()[1].header("webhook-id"));
+    }
+
+    async fn a_410_disables_the_subscription(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([Reply::status(410)]);
+
+        post_comment(&app, &message, "c").await;
+        app.dispatch_all_pending().await;
+
+        let state = subscription(&app, &sub).await;
+        assert_eq!(state["enabled"], false);
+        assert!(state["disabled_reason"].as_str().unwrap().contains("410"));
+        assert_eq!(deliveries_of(&app, &sub).await[0]["status"], "failed");
+        post_comment(&app, &message, "after").await;
+        assert_eq!(app.dispatch_all_pending().await, 0);
+    }
+
+    async fn retry_after_is_honoured(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([Reply::status(503).with_header("retry-after", "120")]);
+
+        post_comment(&app, &message, "c").await;
+        app.dispatch_all_pending().await;
+        app.clock.advance(Duration::from_secs(60));
+        assert_eq!(app.dispatch_all_pending().await, 0, "retried before Retry-After");
+        app.clock.advance(Duration::from_secs(61));
+        assert_eq!(app.dispatch_all_pending().await, 1);
+        assert_eq!(receiver.received().len(), 2);
+    }
+
+    async fn a_hanging_receiver_times_out_and_is_retried(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| s.delivery.timeout_secs = 1).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([Reply::hang(Duration::from_secs(5))]);
+
+        post_comment(&app, &message, "c").await;
+        app.dispatch_all_pending().await;
+
+        let log = deliveries_of(&app, &sub).await;
+        assert_eq!(log[0]["status"], "pending");
+        let error = log[0]["attempts"][0]["error"].as_str().unwrap();
+        assert!(error.starts_with("timeout"), "{error}");
+        app.clock.advance(Duration::from_secs(7));
+        assert_eq!(app.dispatch_all_pending().await, 1);
+        assert_eq!(deliveries_of(&app, &sub).await[0]["status"], "delivered");
+    }
+
+    async fn a_rotated_secret_signs_beside_the_new_one_until_the_overlap_ends(backend: Backend) {
+        let mut app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, old_secret) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        let rotated: Value = app.post_json(&format!("/subscriptions/{sub}/secret/rotate"), &json!({})).await.json().await.unwrap();
+        let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+        assert_ne!(new_secret, old_secret);
+
+        post_comment(&app, &message, "during overlap").await;
+        app.dispatch_all_pending().await;
+        app.advance(Duration::from_secs(86_400 + 1)).await;
+        post_comment(&app, &message, "after overlap").await;
+        app.dispatch_all_pending().await;
+
+        let got = receiver.received();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+        assert!(signed_with(&got[0], &new_secret) && signed_with(&got[0], &old_secret));
+        assert_eq!(got[1].header("webhook-signature").split(' ').count(), 1);
+        assert!(signed_with(&got[1], &new_secret) && !signed_with(&got[1], &old_secret));
+    }
+
+    async fn a_subscription_failing_for_days_is_disabled_and_can_be_re_enabled(backend: Backend) {
+        let mut app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script((0..20).map(|_| Reply::status(500)));
+
+        post_comment(&app, &message, "first").await;
+        app.dispatch_all_pending().await;
+        app.advance(Duration::from_secs(4 * 86_400)).await;
+        post_comment(&app, &message, "second").await;
+        app.dispatch_all_pending().await;
+        assert_eq!(subscription(&app, &sub).await["enabled"], true, "disabled before 5 days");
+        app.advance(Duration::from_secs(86_400)).await;
+        post_comment(&app, &message, "third").await;
+        app.dispatch_all_pending().await;
+
+        let state = subscription(&app, &sub).await;
+        assert_eq!(state["enabled"], false);
+        assert!(state["disabled_reason"].as_str().unwrap().contains("failing"), "{state}");
+
+        let enabled: Value = app.client.patch(app.url(&format!("/subscriptions/{sub}"))).bearer_auth(&app.user.token)
+            .json(&json!({"enabled": true})).send().await.unwrap().json().await.unwrap();
+        assert_eq!(enabled["enabled"], true);
+        receiver.script([]);
+        let before = receiver.received().len();
+        app.advance(Duration::from_secs(11 * 3600)).await;
+        assert!(app.dispatch_all_pending().await > 0);
+        assert!(receiver.received().len() > before);
+    }
+
+    async fn a_dead_delivery_can_be_retried_by_its_owner(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| s.delivery.retry_schedule_secs = vec![0]).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([Reply::status(500)]);
+        post_comment(&app, &message, "c").await;
+        app.dispatch_all_pending().await;
+        let delivery = deliveries_of(&app, &sub).await[0].clone();
+        assert_eq!(delivery["status"], "failed");
+
+        let response = app.post_json(&format!("/deliveries/{}/retry", id(&delivery)), &json!({})).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(app.dispatch_all_pending().await, 1);
+        assert_eq!(deliveries_of(&app, &sub).await[0]["status"], "delivered");
+        let failed: Value = app.get(&format!("/subscriptions/{sub}/deliveries?status=failed")).await.json().await.unwrap();
+        assert_eq!(failed["data"], json!([]));
+    }
+
+    async fn a_redirect_is_never_followed(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let target = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([Reply::status(302).with_header("location", &target.url("/internal"))]);
+
+        post_comment(&app, &message, "c").await;
+        app.dispatch_all_pending().await;
+
+        assert!(target.received().is_empty(), "the redirect was followed");
+        let log = deliveries_of(&app, &sub).await;
+        assert_eq!(log[0]["attempts"][0]["status_code"], 302);
+        assert_eq!(log[0]["status"], "pending");
+    }
+
+    async fn the_background_dispatcher_delivers_without_being_asked(backend: Backend) {
+        let app = spawn_app_with(backend, Role::All, |s| s.delivery.poll_interval_ms = 60_000).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+
+        post_comment(&app, &message, "wake up").await;
+
+        // Bounded wait: the poll interval is a minute, so only the wake-up can deliver in time.
+        for _ in 0..100 {
+            if !receiver.received().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(receiver.received().len(), 1);
+    }
+
+    async fn a_lease_held_by_a_stopped_dispatcher_is_taken_over_when_it_expires(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        post_comment(&app, &message, "c").await;
+
+        // A dispatcher claims the delivery, then dies before attempting it.
+        let (db, now) = (app.db.clone(), thinhook::clock::to_db(app.clock_now()));
+        let until = thinhook::clock::to_db(app.clock_now() + Duration::from_secs(60));
+        let claimed = tokio::task::spawn_blocking(move || {
+            let limits = thinhook::db::queue::ClaimLimits { batch: 10, per_subscription: 10, scan: 100 };
+            thinhook::db::queue::claim(&mut db.get().unwrap(), "dead-worker", now, until, limits)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(claimed.len(), 1);
+
+        assert_eq!(app.dispatch_all_pending().await, 0, "took a leased delivery");
+        app.clock.advance(Duration::from_secs(61));
+        assert_eq!(app.dispatch_all_pending().await, 1);
+        assert_eq!(receiver.received().len(), 1);
+    }
+
+    async fn registration_refuses_urls_that_lead_inside(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| s.delivery.allow_cidrs.clear()).await;
+        app.resolver.set("private.test", &["10.0.0.5"]);
+        app.resolver.set("mixed.test", &["93.184.215.14", "192.168.1.1"]);
+        for url in REFUSED {
+            let response = app.post_json("/subscriptions", &json!({"url": url, "event_types": ["comment.created"]})).await;
+            assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{url} was accepted");
+            let problem: Value = response.json().await.unwrap();
+            assert!(problem["detail"].as_str().unwrap().contains("`url`"), "{problem}");
+        }
+        let message = app.post_json("/messages", &json!({"text": "x", "newCommentWebhook": "http://169.254.169.254/"})).await;
+        assert_eq!(message.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    async fn delivery_refuses_urls_that_lead_inside(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| s.delivery.allow_cidrs.clear()).await;
+        app.resolver.set("private.test", &["10.0.0.5"]);
+        app.resolver.set("mixed.test", &["93.184.215.14", "192.168.1.1"]);
+        let message = id(&app.create_message("m").await);
+        // Stored directly, as if they had passed registration when DNS said otherwise.
+        let refusable: Vec<&str> = REFUSED.iter().copied().filter(|u| u.starts_with("http")).collect();
+        for url in &refusable {
+            app.insert_subscription(url).await;
+        }
+        post_comment(&app, &message, "c").await;
+        assert_eq!(app.dispatch_all_pending().await, refusable.len());
+        let errors = app.last_errors().await;
+        assert_eq!(errors.len(), refusable.len());
+        for (url, error) in errors {
+            assert!(error.starts_with("blocked"), "{url}: {error}");
+        }
+    }
+
+    async fn a_name_that_resolves_inside_at_delivery_is_refused(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let port = receiver.address.rsplit(':').next().unwrap().to_owned();
+        app.resolver.set("rebind.test", &["127.0.0.1"]);
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &format!("http://rebind.test:{port}/"), &["comment.created"], None).await;
+        app.resolver.set("rebind.test", &["10.0.0.1"]);
+
+        post_comment(&app, &message, "c").await;
+        app.dispatch_all_pending().await;
+
+        assert!(receiver.received().is_empty());
+        let error = deliveries_of(&app, &sub).await[0]["attempts"][0]["error"].as_str().unwrap().to_owned();
+        assert!(error.starts_with("blocked"), "{error}");
+    }
+}
+
+/// Refused at registration and at delivery.
+const REFUSED: &[&str] = &[
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://0x7f000001/",
+    "http://2130706433/",
+    "http://127.1/",
+    "http://127.0.0.1:8080/",
+    "http://localhost/",
+    "http://localhost./",
+    "http://[::]/",
+    "http://[::1]/",
+    "http://[fd00::1]/",
+    "http://[fe80::1]/",
+    "http://0.0.0.0/",
+    "http://10.0.0.1/",
+    "http://172.16.5.4/",
+    "http://192.168.0.1/",
+    "http://100.64.0.1/",
+    "http://192.0.2.1/",
+    "http://198.18.0.1/",
+    "http://224.0.0.1/",
+    "http://255.255.255.255/",
+    "http://[64:ff9b::a00:1]/",
+    "http://[2002:7f00:1::]/",
+    "http://private.test/",
+    "http://mixed.test/",
+    "http://unresolvable.test/",
+    "ftp://example.com/",
+    "file:///etc/passwd",
+];
+
+impl TestApp {
+    fn clock_now(&self) -> time::OffsetDateTime {
+        use thinhook::clock::Clock;
+        self.clock.now_utc()
+    }
+
+    /// Stores a subscription for comment.created directly, skipping the URL checks.
+    async fn insert_subscription(&self, url: &str) {
+        use thinhook::db::models::SubscriptionRow;
+        let now = thinhook::clock::to_db(self.clock_now());
+        let id = thinhook::domain::SubscriptionId::generate().to_string();
+        let secrets =
+            thinhook::secret_box::SecretBox::from_base64(&self.settings.secrets.encryption_key)
+                .unwrap();
+        let row = SubscriptionRow {
+            secret: secrets.seal(&SigningSecret::generate().expose(), &id),
+            id,
+            owner_client_id: self.user.id.clone(),
+            url: url.to_owned(),
+            event_types: " comment.created ".into(),
+            message_id: None,
+            description: None,
+            enabled: 1,
+            disabled_reason: None,
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            thinhook::db::subscriptions::insert(&mut db.get().unwrap(), &row)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+
+    /// (url, error) of every subscription's latest delivery.
+    async fn last_errors(&self) -> Vec<(String, String)> {
+        let listed: Value = self
+            .get("/subscriptions?limit=100")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for sub in listed["data"].as_array().unwrap() {
+            let log = deliveries_of(self, sub["id"].as_str().unwrap()).await;
+            let error = log[0]["last_error"].as_str().unwrap_or("").to_owned();
+            out.push((sub["url"].as_str().unwrap().to_owned(), error));
+        }
+        out
+    }
+}
