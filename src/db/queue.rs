@@ -30,32 +30,53 @@ struct Claimed {
     id: String,
 }
 
-/// Due deliveries ranked within their subscription; parameters:
-/// `$now`, `$scan`, `$per_subscription`, `$batch` in the order the
-/// placeholders of each backend expect.
-const CANDIDATES: &str = "
-    SELECT c.id FROM (
-        SELECT d.id, d.next_attempt_at,
-               d.subscription_id,
-               ROW_NUMBER() OVER (PARTITION BY d.subscription_id ORDER BY d.next_attempt_at, d.id) AS rn
-        FROM (
-            SELECT d.id, d.subscription_id, d.next_attempt_at
-            FROM deliveries d
-            JOIN subscriptions s ON s.id = d.subscription_id AND s.enabled = 1
-            WHERE d.status = 'pending' AND d.next_attempt_at <= {now}
-              AND (d.locked_until IS NULL OR d.locked_until <= {now})
-            ORDER BY d.next_attempt_at, d.id
-            LIMIT {scan}
-        ) d
-    ) c
-    LEFT JOIN (
+/// The claim, for both backends. `{lock}` is where PostgreSQL locks the
+/// scanned rows with `FOR UPDATE SKIP LOCKED`: concurrent dispatchers then
+/// scan *different* rows instead of racing for the same head of the queue,
+/// and a row another dispatcher leased meanwhile is re-checked and dropped.
+/// Placeholders: lease end, worker, now, scan, per subscription, batch.
+const CLAIM: &str = "
+    WITH scan AS MATERIALIZED (
+        SELECT d.id, d.subscription_id, d.next_attempt_at
+        FROM deliveries d
+        WHERE d.status = 'pending' AND d.next_attempt_at <= {now}
+          AND (d.locked_until IS NULL OR d.locked_until <= {now})
+          AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled = 1)
+        ORDER BY d.next_attempt_at, d.id
+        LIMIT {scan}
+        {lock}
+    ),
+    ranked AS (
+        SELECT id, subscription_id, next_attempt_at,
+               ROW_NUMBER() OVER (PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rn
+        FROM scan
+    ),
+    leased AS (
         SELECT subscription_id, COUNT(*) AS n FROM deliveries
         WHERE locked_until > {now} AND status = 'pending'
         GROUP BY subscription_id
-    ) leased ON leased.subscription_id = c.subscription_id
-    WHERE c.rn <= {per_subscription} - COALESCE(leased.n, 0)
-    ORDER BY c.next_attempt_at, c.id
-    LIMIT {batch}";
+    ),
+    chosen AS (
+        SELECT r.id FROM ranked r
+        LEFT JOIN leased ON leased.subscription_id = r.subscription_id
+        WHERE r.rn <= {per_subscription} - COALESCE(leased.n, 0)
+        ORDER BY r.next_attempt_at, r.id
+        LIMIT {batch}
+    )
+    UPDATE deliveries SET locked_until = {lease_end}, locked_by = {worker}
+    WHERE id IN (SELECT id FROM chosen)
+    RETURNING id";
+
+fn claim_sql(placeholder: impl Fn(usize) -> String, lock: &str) -> String {
+    CLAIM
+        .replace("{lease_end}", &placeholder(1))
+        .replace("{worker}", &placeholder(2))
+        .replace("{now}", &placeholder(3))
+        .replace("{scan}", &placeholder(4))
+        .replace("{per_subscription}", &placeholder(5))
+        .replace("{batch}", &placeholder(6))
+        .replace("{lock}", lock)
+}
 
 /// Leases due deliveries to `worker` until `locked_until`; returns their ids.
 pub fn claim(
@@ -65,53 +86,26 @@ pub fn claim(
     locked_until: PrimitiveDateTime,
     limits: ClaimLimits,
 ) -> QueryResult<Vec<String>> {
-    let rows: Vec<Claimed> = match conn {
-        // One writer at a time: the UPDATE is atomic as it stands.
-        DbConnection::Sqlite(conn) => {
-            let candidates = CANDIDATES
-                .replace("{now}", "?3")
-                .replace("{scan}", "?4")
-                .replace("{per_subscription}", "?5")
-                .replace("{batch}", "?6");
-            diesel::sql_query(format!(
-                "UPDATE deliveries SET locked_until = ?1, locked_by = ?2
-                 WHERE id IN ({candidates}) RETURNING id"
-            ))
-            .bind::<Timestamp, _>(locked_until)
-            .bind::<Text, _>(worker)
-            .bind::<Timestamp, _>(now)
-            .bind::<BigInt, _>(limits.scan)
-            .bind::<BigInt, _>(limits.per_subscription)
-            .bind::<BigInt, _>(limits.batch)
-            .load(conn)?
-        }
-        // Candidates are chosen without locks; the rows are then locked with
-        // SKIP LOCKED and re-checked, so concurrent dispatchers never claim
-        // the same delivery and never wait for each other.
+    macro_rules! run {
+        ($conn:expr, $sql:expr) => {
+            diesel::sql_query($sql)
+                .bind::<Timestamp, _>(locked_until)
+                .bind::<Text, _>(worker)
+                .bind::<Timestamp, _>(now)
+                .bind::<BigInt, _>(limits.scan)
+                .bind::<BigInt, _>(limits.per_subscription)
+                .bind::<BigInt, _>(limits.batch)
+                .load::<Claimed>($conn)?
+        };
+    }
+    let rows = match conn {
+        // One writer at a time: the statement is atomic as it stands.
+        DbConnection::Sqlite(conn) => run!(conn, claim_sql(|n| format!("?{n}"), "")),
         DbConnection::Postgres(conn) => {
-            let candidates = CANDIDATES
-                .replace("{now}", "$3")
-                .replace("{scan}", "$4")
-                .replace("{per_subscription}", "$5")
-                .replace("{batch}", "$6");
-            diesel::sql_query(format!(
-                "UPDATE deliveries SET locked_until = $1, locked_by = $2
-                 WHERE id IN (
-                     SELECT id FROM deliveries
-                     WHERE id IN ({candidates})
-                       AND status = 'pending'
-                       AND (locked_until IS NULL OR locked_until <= $3)
-                     FOR UPDATE SKIP LOCKED
-                 )
-                 RETURNING id"
-            ))
-            .bind::<Timestamp, _>(locked_until)
-            .bind::<Text, _>(worker)
-            .bind::<Timestamp, _>(now)
-            .bind::<BigInt, _>(limits.scan)
-            .bind::<BigInt, _>(limits.per_subscription)
-            .bind::<BigInt, _>(limits.batch)
-            .load(conn)?
+            run!(
+                conn,
+                claim_sql(|n| format!("${n}"), "FOR UPDATE OF d SKIP LOCKED")
+            )
         }
     };
     Ok(rows.into_iter().map(|row| row.id).collect())

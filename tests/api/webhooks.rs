@@ -333,6 +333,37 @@ backend_tests_with_backend! {
         assert_eq!(receiver.received().len(), 1);
     }
 
+    async fn two_dispatchers_share_one_queue_and_deliver_each_event_once(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| {
+            // High enough that the per-subscription bound never empties a claim early.
+            s.delivery.max_in_flight_per_subscription = 1_000;
+            s.database.pool_size = 8;
+        })
+        .await;
+        let other = app.second_dispatcher().await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("busy").await);
+        subscribe(&app, &receiver.url("/a"), &["comment.created"], None).await;
+        subscribe(&app, &receiver.url("/b"), &["comment.created"], Some(&message)).await;
+        const EVENTS: usize = 1_000;
+        for n in 0..EVENTS {
+            post_comment(&app, &message, &format!("comment {n}")).await;
+        }
+
+        let (first, second) = tokio::join!(app.dispatcher.dispatch_all_pending(), other.dispatch_all_pending());
+        let (first, second) = (first.unwrap(), second.unwrap());
+
+        assert_eq!(first + second, 2 * EVENTS, "attempts: {first} + {second}");
+        assert!(first > 0 && second > 0, "one dispatcher did all the work: {first} + {second}");
+        for path in ["/a", "/b"] {
+            let mut ids: Vec<String> = receiver.received_on(path).iter().map(|r| r.header("webhook-id").to_owned()).collect();
+            assert_eq!(ids.len(), EVENTS, "{path}");
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), EVENTS, "{path}: an event was delivered twice");
+        }
+    }
+
     async fn registration_refuses_urls_that_lead_inside(backend: Backend) {
         let app = spawn_app_with(backend, Role::Api, |s| s.delivery.allow_cidrs.clear()).await;
         app.resolver.set("private.test", &["10.0.0.5"]);
@@ -417,6 +448,21 @@ const REFUSED: &[&str] = &[
 ];
 
 impl TestApp {
+    /// A dispatcher of a second process (a worker) on the same database.
+    async fn second_dispatcher(
+        &self,
+    ) -> std::sync::Arc<thinhook::delivery::dispatcher::Dispatcher> {
+        let overrides = thinhook::startup::Overrides {
+            clock: self.clock.clone(),
+            resolver: self.resolver.clone(),
+        };
+        let worker =
+            thinhook::startup::Application::build_with(&self.settings, Role::Worker, overrides)
+                .await
+                .unwrap();
+        worker.dispatcher()
+    }
+
     fn clock_now(&self) -> time::OffsetDateTime {
         use thinhook::clock::Clock;
         self.clock.now_utc()
