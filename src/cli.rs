@@ -161,6 +161,7 @@ fn keys(db: &Database, command: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let app = Application::build(&settings, role).await?;
     tracing::info!(
         ?role,
@@ -168,7 +169,7 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
         public_base_url = app.public_base_url(),
         "thinhook is running"
     );
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(shutdown).await?;
     tracing::info!("thinhook stopped");
     Ok(())
 }

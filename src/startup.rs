@@ -249,18 +249,20 @@ impl Application {
         tokio::pin!(server);
         let result = tokio::select! {
             () = shutdown => {
-                tracing::info!("shutdown requested");
-                Ok(())
+                tracing::info!("shutdown requested; finishing work in flight");
+                let _ = stop.send(true);
+                match &handle {
+                    // The server future must go on being polled for its stop to complete.
+                    Some(handle) => tokio::join!(handle.stop(true), &mut server).1,
+                    None => Ok(()),
+                }
             }
             result = &mut server => {
                 tracing::warn!(?result, "HTTP server stopped by itself");
+                let _ = stop.send(true);
                 result
             }
         };
-        let _ = stop.send(true);
-        if let Some(handle) = handle {
-            handle.stop(true).await;
-        }
         if let Some(dispatcher) = dispatcher {
             let grace = self.shutdown_grace + Duration::from_secs(5);
             if tokio::time::timeout(grace, dispatcher).await.is_err() {
@@ -312,25 +314,32 @@ fn default_base_url(address: SocketAddr) -> String {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when first polled, so call it before binding the listener:
+/// a signal that arrives during start-up is then a graceful stop too.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
+                _ => {
+                    tracing::warn!("cannot watch SIGINT/SIGTERM; falling back to Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -135,10 +135,12 @@ pub fn spawn_listener(
 
     const IDLE: std::time::Duration = std::time::Duration::from_millis(20);
     const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+    // Stop when told to, or when the application that could tell is gone.
+    let stopped = move || *stop.borrow() || stop.has_changed().is_err();
     let spawned = std::thread::Builder::new()
         .name("thinhook-listen".into())
         .spawn(move || {
-            while !*stop.borrow() {
+            while !stopped() {
                 let mut conn = match PgConnection::establish(&url).and_then(|mut conn| {
                     diesel::sql_query(format!("LISTEN {CHANNEL}"))
                         .execute(&mut conn)
@@ -152,7 +154,7 @@ pub fn spawn_listener(
                         continue;
                     }
                 };
-                while !*stop.borrow() {
+                while !stopped() {
                     let mut woken = false;
                     let mut broken = false;
                     for notification in conn.notifications_iter() {

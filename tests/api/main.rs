@@ -13,6 +13,7 @@ mod auth;
 mod comments;
 mod errors;
 mod health;
+mod lifecycle;
 mod messages;
 mod receiver;
 mod subscriptions;
