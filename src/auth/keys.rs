@@ -19,7 +19,6 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use diesel::Connection;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -119,7 +118,7 @@ pub fn ensure_signing_key(conn: &mut DbConnection, now: OffsetDateTime) -> anyho
 /// Retires the signing key and makes a new one active; returns the new `kid`.
 pub fn rotate(conn: &mut DbConnection, now: OffsetDateTime) -> anyhow::Result<String> {
     let row = generate_row(now)?;
-    conn.transaction(|conn| {
+    crate::db::write_transaction(conn, |conn| {
         signing_keys::retire_active(conn, to_db(now))?;
         signing_keys::insert(conn, &row)
     })?;

@@ -47,6 +47,42 @@ impl std::fmt::Debug for DbConnection {
     }
 }
 
+/// Runs `work` in a transaction that will write.
+///
+/// On SQLite it begins with `BEGIN IMMEDIATE`, taking the write lock up
+/// front: a deferred transaction that reads first and writes later fails at
+/// once with "database is locked" when another writer committed meanwhile,
+/// because SQLite cannot wait for that conflict. With the lock taken first,
+/// a second writer simply waits (`busy_timeout`).
+pub fn write_transaction<T>(
+    conn: &mut DbConnection,
+    work: impl FnOnce(&mut DbConnection) -> QueryResult<T>,
+) -> QueryResult<T> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+
+    let DbConnection::Sqlite(sqlite) = conn else {
+        return conn.transaction(work);
+    };
+    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
+    let result = work(conn);
+    let DbConnection::Sqlite(sqlite) = conn else {
+        unreachable!("the connection's backend does not change");
+    };
+    match result {
+        Ok(value) => match AnsiTransactionManager::commit_transaction(sqlite) {
+            Ok(()) => Ok(value),
+            Err(error) => {
+                let _ = AnsiTransactionManager::rollback_transaction(sqlite);
+                Err(error)
+            }
+        },
+        Err(error) => {
+            AnsiTransactionManager::rollback_transaction(sqlite)?;
+            Err(error)
+        }
+    }
+}
+
 /// Which database a URL points at, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {

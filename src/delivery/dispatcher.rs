@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diesel::Connection;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -291,7 +290,7 @@ impl Dispatcher {
         let recorded = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                crate::db::write_transaction(conn, |conn| {
                     deliveries::record_attempt(conn, &attempt, &update)?;
                     let now = to_db(finished);
                     match outcome {

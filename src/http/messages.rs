@@ -5,7 +5,6 @@
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use diesel::Connection;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -155,7 +154,7 @@ async fn create_message(
     let queued = state
         .db
         .run(move |conn| {
-            conn.transaction(|conn| {
+            crate::db::write_transaction(conn, |conn| {
                 repo::insert_message(conn, &stored)?;
                 if let Some(subscription) = &subscription_row {
                     subscription_repo::insert(conn, subscription)?;
@@ -224,7 +223,7 @@ async fn create_comment(
     let queued = state
         .db
         .run(move |conn| {
-            conn.transaction(|conn| {
+            crate::db::write_transaction(conn, |conn| {
                 if !repo::message_exists(conn, &lookup)? {
                     return Ok(None);
                 }

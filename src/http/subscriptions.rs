@@ -17,7 +17,6 @@ use crate::domain::{
     ClientId, DeliveryId, EventTypes, MessageId, SigningSecret, SubscriptionId, WebhookUrl,
 };
 use crate::error::ApiError;
-use diesel::Connection;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -528,7 +527,7 @@ async fn retry(
     let found = state
         .db
         .run(move |conn| {
-            conn.transaction(|conn| {
+            crate::db::write_transaction(conn, |conn| {
                 if deliveries::find_owned(conn, &id, &owner)?.is_none() {
                     return Ok(None);
                 }

@@ -364,6 +364,41 @@ backend_tests_with_backend! {
         }
     }
 
+    async fn concurrent_writers_beside_a_running_dispatcher_all_succeed(backend: Backend) {
+        let app = spawn_app_with(backend, Role::All, |s| s.delivery.poll_interval_ms = 50).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("busy").await);
+        subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        const WRITERS: usize = 8;
+        const EACH: usize = 40;
+
+        let writers = (0..WRITERS).map(|w| {
+            let (app, message) = (&app, &message);
+            async move {
+                let mut statuses = Vec::new();
+                for n in 0..EACH {
+                    let response = app
+                        .post_json(&format!("/messages/{message}/comments"), &json!({"text": format!("{w}-{n}")}))
+                        .await;
+                    statuses.push(response.status());
+                }
+                statuses
+            }
+        });
+        let statuses: Vec<StatusCode> = futures_util::future::join_all(writers).await.into_iter().flatten().collect();
+
+        assert_eq!(statuses.len(), WRITERS * EACH);
+        assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
+        // Bounded wait for the background dispatcher to catch up.
+        for _ in 0..200 {
+            if receiver.received().len() >= WRITERS * EACH {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(receiver.received().len(), WRITERS * EACH);
+    }
+
     async fn registration_refuses_urls_that_lead_inside(backend: Backend) {
         let app = spawn_app_with(backend, Role::Api, |s| s.delivery.allow_cidrs.clear()).await;
         app.resolver.set("private.test", &["10.0.0.5"]);
