@@ -38,6 +38,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub delivery: DeliverySettings,
+    pub events: EventsSettings,
     pub secrets: SecretsSettings,
     pub log: LogSettings,
 }
@@ -103,6 +104,15 @@ pub struct DeliverySettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct EventsSettings {
+    /// Events (and their delivery logs) are kept this many days.
+    pub retention_days: u64,
+    /// How often expired events are pruned.
+    pub prune_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SecretsSettings {
     /// base64 of 32 bytes: encrypts webhook secrets at rest. Empty: use `key_file`.
     pub encryption_key: String,
@@ -137,6 +147,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             auth: AuthSettings::default(),
             delivery: DeliverySettings::default(),
+            events: EventsSettings::default(),
             secrets: SecretsSettings::default(),
             log: LogSettings::default(),
         }
@@ -182,6 +193,15 @@ impl Default for DeliverySettings {
             max_in_flight_per_subscription: 4,
             poll_interval_ms: 1000,
             max_response_bytes: 4096,
+        }
+    }
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            prune_interval_secs: 3600,
         }
     }
 }
@@ -304,6 +324,11 @@ impl Settings {
                 u64::from(delivery.max_in_flight_per_subscription),
             ),
             ("delivery.poll_interval_ms", delivery.poll_interval_ms),
+            ("events.retention_days", self.events.retention_days),
+            (
+                "events.prune_interval_secs",
+                self.events.prune_interval_secs,
+            ),
         ] {
             if value == 0 {
                 return Err((key, "must be at least 1".into()));

@@ -40,6 +40,9 @@ pub enum ApiError {
     InsufficientScope(Scope),
     #[error("{0}")]
     NotFound(String),
+    /// Existed once, removed for good (an expired feed cursor).
+    #[error("{0}")]
+    Gone(String),
     #[error("this resource does not support {0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -76,6 +79,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::InsufficientScope(_) => "insufficient-scope",
             Self::NotFound(_) => "not-found",
+            Self::Gone(_) => "gone",
             Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
@@ -92,6 +96,7 @@ impl ApiError {
             Self::Unauthorized(_) => "Unauthorized",
             Self::InsufficientScope(_) => "Insufficient scope",
             Self::NotFound(_) => "Not found",
+            Self::Gone(_) => "Gone",
             Self::MethodNotAllowed(_) => "Method not allowed",
             Self::PayloadTooLarge(_) => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
@@ -118,6 +123,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Gone(_) => StatusCode::GONE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -37,6 +37,7 @@ pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod retention;
 pub mod secret_box;
 pub mod startup;
 pub mod telemetry;

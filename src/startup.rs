@@ -63,6 +63,9 @@ pub struct Application {
     db: Database,
     wake: Arc<Notify>,
     shutdown_grace: Duration,
+    clock: SharedClock,
+    retention: Duration,
+    prune_interval: Duration,
 }
 
 impl std::fmt::Debug for Application {
@@ -87,6 +90,7 @@ impl Application {
         overrides: Overrides,
     ) -> anyhow::Result<Self> {
         let clock = overrides.clock;
+        let overrides_clock = clock.clone();
         let database = settings.database.clone();
         let uses_key_file = !settings.auth.signing_key_file.is_empty();
         let now = clock.now_utc();
@@ -212,6 +216,9 @@ impl Application {
             db,
             wake,
             shutdown_grace,
+            clock: overrides_clock,
+            retention: Duration::from_secs(settings.events.retention_days * 86_400),
+            prune_interval: Duration::from_secs(settings.events.prune_interval_secs),
         })
     }
 
@@ -237,6 +244,13 @@ impl Application {
             if let Some(url) = self.db.postgres_url() {
                 queue::spawn_listener(url, self.wake.clone(), stopped.clone());
             }
+            tokio::spawn(crate::retention::run(
+                self.db.clone(),
+                self.clock.clone(),
+                self.retention,
+                self.prune_interval,
+                stopped.clone(),
+            ));
             tokio::spawn(self.dispatcher.clone().run(stopped))
         });
         let handle = self.server.as_ref().map(Server::handle);

@@ -120,6 +120,8 @@ pub struct EventRow {
     pub message_id: String,
     pub sequence: i64,
     pub created_at: PrimitiveDateTime,
+    /// Place in the event feed; set as the last step of the recording transaction.
+    pub feed_position: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]

@@ -61,6 +61,15 @@ diesel::table! {
         message_id -> Text,
         sequence -> BigInt,
         created_at -> Timestamp,
+        feed_position -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    feed_state (id) {
+        id -> Integer,
+        last_position -> BigInt,
+        pruned_through -> BigInt,
     }
 }
 
@@ -114,6 +123,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     deliveries,
     delivery_attempts,
     events,
+    feed_state,
     messages,
     signing_keys,
     subscriptions,

@@ -36,6 +36,7 @@ pub fn record(
         message_id: new.message_id.to_owned(),
         sequence: events::next_sequence(conn, new.message_id)?,
         created_at: now,
+        feed_position: None,
     };
     events::insert(conn, &event)?;
     let rows: Vec<DeliveryRow> = subscriptions::matching(conn, new.event_type, new.message_id)?
@@ -60,5 +61,13 @@ pub fn record(
     if !rows.is_empty() {
         queue::announce(conn)?;
     }
-    Ok((event, rows.len()))
+    // Last: the feed counter stays locked from here to commit.
+    let position = events::assign_feed_position(conn, &event.id)?;
+    Ok((
+        EventRow {
+            feed_position: Some(position),
+            ..event
+        },
+        rows.len(),
+    ))
 }

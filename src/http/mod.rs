@@ -1,6 +1,7 @@
 //! The HTTP API: routes (one file per resource), extractor configuration that
 //! turns every malformed request into a problem document, and middleware.
 
+pub mod events;
 pub mod health;
 pub mod messages;
 pub mod oauth;
@@ -88,6 +89,7 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
         .configure(oauth::routes)
         .configure(messages::routes)
         .configure(subscriptions::routes)
+        .configure(events::routes)
         .default_service(web::to(unknown_route));
     }
 }

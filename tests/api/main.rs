@@ -12,6 +12,7 @@ mod helpers;
 mod auth;
 mod comments;
 mod errors;
+mod events;
 mod health;
 mod lifecycle;
 mod messages;
