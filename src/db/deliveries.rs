@@ -144,3 +144,37 @@ pub fn retry_now(conn: &mut DbConnection, id: &str, now: PrimitiveDateTime) -> Q
         .execute(conn)
         .map(drop)
 }
+
+/// Records that `owner` fetched `resource_id`: every delivered, not yet
+/// fetched delivery of an event about it, to a subscription of `owner`.
+/// Reads first and writes only if there is something to mark, so the
+/// usual fetch stays read-only.
+pub fn mark_fetched(
+    conn: &mut DbConnection,
+    resource_id: &str,
+    owner: &str,
+    at: PrimitiveDateTime,
+) -> QueryResult<usize> {
+    let unfetched = |conn: &mut DbConnection| -> QueryResult<Vec<String>> {
+        deliveries::table
+            .inner_join(events::table)
+            .inner_join(subscriptions::table)
+            .filter(events::resource_id.eq(resource_id))
+            .filter(subscriptions::owner_client_id.eq(owner))
+            .filter(deliveries::status.eq(DELIVERED))
+            .filter(deliveries::fetched_at.is_null())
+            .select(deliveries::id)
+            .load(conn)
+    };
+    let ids = unfetched(conn)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::update(
+        deliveries::table
+            .filter(deliveries::id.eq_any(&ids))
+            .filter(deliveries::fetched_at.is_null()),
+    )
+    .set(deliveries::fetched_at.eq(at))
+    .execute(conn)
+}

@@ -4,7 +4,9 @@
 //! thin webhook links to.
 
 use actix_web::http::header;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -14,7 +16,7 @@ use super::{AppState, Links, resource};
 use crate::auth::{Caller, MessagesRead, MessagesWrite};
 use crate::clock;
 use crate::db::models::{CommentRow, MessageRow};
-use crate::db::{messages as repo, subscriptions as subscription_repo};
+use crate::db::{deliveries, messages as repo, subscriptions as subscription_repo};
 use crate::delivery::outbox::{self, NewEvent};
 use crate::domain::{CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
@@ -185,18 +187,29 @@ async fn create_message(
 }
 
 async fn get_message(
-    _caller: Caller<MessagesRead>,
+    caller: Caller<MessagesRead>,
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
-) -> Result<web::Json<Message>, ApiError> {
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner().message_id;
-    let lookup = id.clone();
+    let (lookup, owner, now) = (
+        id.clone(),
+        caller.client_id.to_string(),
+        clock::db_now(&*state.clock),
+    );
     let row = state
         .db
-        .run(move |conn| repo::find_message(conn, &lookup))
+        .run(move |conn| {
+            let row = repo::find_message(conn, &lookup)?;
+            if row.is_some() {
+                deliveries::mark_fetched(conn, lookup.as_str(), &owner, now)?;
+            }
+            Ok(row)
+        })
         .await?
         .ok_or_else(|| ApiError::not_found("message", &id))?;
-    Ok(web::Json(row.into()))
+    Ok(fetch_response(&req, &Message::from(row)))
 }
 
 async fn create_comment(
@@ -253,22 +266,63 @@ async fn create_comment(
         .json(Comment::from(row)))
 }
 
+/// The fetch endpoint a webhook links to. A fetch by a client whose
+/// subscription was delivered this comment's event is recorded on those
+/// deliveries (delivered → fetched).
 async fn get_comment(
-    _caller: Caller<MessagesRead>,
+    caller: Caller<MessagesRead>,
     state: web::Data<AppState>,
     path: web::Path<CommentPath>,
-) -> Result<web::Json<Comment>, ApiError> {
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let CommentPath {
         message_id,
         comment_id,
     } = path.into_inner();
     let (m, c) = (message_id.clone(), comment_id.clone());
+    let (owner, now) = (caller.client_id.to_string(), clock::db_now(&*state.clock));
     let row = state
         .db
-        .run(move |conn| repo::find_comment(conn, &m, &c))
+        .run(move |conn| {
+            let row = repo::find_comment(conn, &m, &c)?;
+            if row.is_some() {
+                deliveries::mark_fetched(conn, c.as_str(), &owner, now)?;
+            }
+            Ok(row)
+        })
         .await?
         .ok_or_else(|| ApiError::not_found("comment", &comment_id))?;
-    Ok(web::Json(row.into()))
+    Ok(fetch_response(&req, &Comment::from(row)))
+}
+
+/// A resource as JSON with a strong `ETag` (a digest of the body), or `304
+/// Not Modified` when the client already holds that version.
+fn fetch_response(req: &HttpRequest, resource: &impl Serialize) -> HttpResponse {
+    let body = serde_json::to_vec(resource).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+    let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..18]));
+    let already_held = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| {
+            tags.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == "*" || t == etag)
+        });
+    let mut response = if already_held {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::CACHE_CONTROL, "private"));
+    if already_held {
+        response.finish()
+    } else {
+        response.content_type("application/json").body(body)
+    }
 }
 
 async fn list_comments(

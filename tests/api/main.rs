@@ -13,6 +13,7 @@ mod auth;
 mod comments;
 mod errors;
 mod events;
+mod fetch;
 mod health;
 mod lifecycle;
 mod messages;
