@@ -18,5 +18,6 @@ mod health;
 mod lifecycle;
 mod messages;
 mod receiver;
+mod spec;
 mod subscriptions;
 mod webhooks;
