@@ -41,6 +41,8 @@ pub enum Command {
     /// Manage the keys that sign access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Receive webhooks locally: verify, fetch the resource, print, forward.
+    Listen(crate::listen::ListenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +75,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve { role } => serve(settings, role).await,
         Command::Migrate => migrate(settings).await,
         Command::Clients(command) => with_database(settings, move |db| clients(db, command)).await,
+        Command::Listen(args) => crate::listen::run(args, shutdown_signal()).await,
         Command::Keys(command) => {
             if !settings.auth.signing_key_file.is_empty() {
                 anyhow::bail!(

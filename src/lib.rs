@@ -17,6 +17,9 @@
 //! - [`domain`]: values valid by construction — typed ids, text, cursors, URLs.
 //! - [`db`]: one diesel code path over SQLite and PostgreSQL; repository
 //!   functions take a connection so they compose in one transaction.
+//! - [`delivery`]: where a delivery goes — outbox, dispatcher, signer,
+//!   retry policy, the SSRF-safe client.
+//! - [`listen`]: `thinhook listen`, a local receiver for development.
 //! - [`telemetry`]: structured logs with a request id per request.
 //!
 //! # The path of one comment
@@ -37,6 +40,7 @@ pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod listen;
 pub mod retention;
 pub mod secret_box;
 pub mod startup;

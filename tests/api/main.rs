@@ -16,6 +16,7 @@ mod events;
 mod fetch;
 mod health;
 mod lifecycle;
+mod listen;
 mod messages;
 mod receiver;
 mod spec;

@@ -1,0 +1,245 @@
+//! `thinhook listen`: a local webhook receiver for development. It checks
+//! each notification's signature, fetches the linked resource with a token
+//! (as a real receiver would), prints both, and can forward the original
+//! request to the developer's own endpoint.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+
+use crate::delivery::signer;
+use crate::domain::SigningSecret;
+
+/// Notifications older or newer than this are refused (replay protection).
+const TOLERANCE_SECS: i64 = 5 * 60;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenArgs {
+    /// Port to listen on (127.0.0.1).
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    /// The subscription's signing secret (`whsec_…`).
+    #[arg(long)]
+    pub secret: String,
+    /// Client credentials used to fetch the linked resources.
+    #[arg(long)]
+    pub client_id: String,
+    #[arg(long)]
+    pub client_secret: String,
+    /// Also send each verified request, unchanged, to this URL.
+    #[arg(long)]
+    pub forward: Option<String>,
+}
+
+struct Listener {
+    secret: SigningSecret,
+    client_id: String,
+    client_secret: String,
+    forward: Option<Url>,
+    http: reqwest::Client,
+    /// The access token and when to fetch a new one.
+    token: Mutex<Option<(String, Instant)>>,
+}
+
+pub async fn run(
+    args: ListenArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = Arc::new(Listener {
+        secret: SigningSecret::parse(&args.secret).context("--secret")?,
+        forward: args
+            .forward
+            .as_deref()
+            .map(Url::parse)
+            .transpose()
+            .context("--forward")?,
+        client_id: args.client_id,
+        client_secret: args.client_secret,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?,
+        token: Mutex::new(None),
+    });
+    let data = web::Data::from(listener);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(1 << 20))
+            .default_service(web::to(receive))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", args.port))
+    .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?
+    .run();
+    println!("listening on http://127.0.0.1:{}/", args.port);
+    let handle = server.handle();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = shutdown => {
+            tokio::join!(handle.stop(true), &mut server).1?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a request is not a genuine notification.
+fn verify(secret: &SigningSecret, req: &HttpRequest, body: &[u8], now: i64) -> Result<(), String> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("missing {name}"))
+    };
+    let id = header("webhook-id")?;
+    let timestamp: i64 = header("webhook-timestamp")?
+        .parse()
+        .map_err(|_| "malformed webhook-timestamp".to_owned())?;
+    if (now - timestamp).abs() > TOLERANCE_SECS {
+        return Err("webhook-timestamp is outside the 5 minute tolerance".into());
+    }
+    let expected = signer::sign(secret, id, timestamp, body);
+    let matches = header("webhook-signature")?.split(' ').any(|candidate| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(candidate.as_bytes(), expected.as_bytes())
+            .is_ok()
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err("no signature matches the secret".into())
+    }
+}
+
+async fn receive(
+    req: HttpRequest,
+    body: web::Bytes,
+    listener: web::Data<Listener>,
+) -> HttpResponse {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Err(reason) = verify(&listener.secret, &req, &body, now) {
+        println!("rejected {} {}: {reason}", req.method(), req.path());
+        return HttpResponse::Unauthorized().body(reason);
+    }
+    let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+    println!(
+        "event {} {} sequence={} at {}",
+        event["id"].as_str().unwrap_or("?"),
+        event["type"].as_str().unwrap_or("?"),
+        event["data"]["sequence"],
+        event["timestamp"].as_str().unwrap_or("?"),
+    );
+    match event["data"]["resource"]["url"].as_str() {
+        Some(url) => match listener.fetch(url).await {
+            Ok((status, resource)) => println!("GET {url} → {status}\n{resource}"),
+            Err(error) => println!("GET {url} failed: {error:#}"),
+        },
+        None => println!("the event links to no resource"),
+    }
+    if let Some(target) = &listener.forward {
+        match listener.forward(target, &req, body.clone()).await {
+            Ok(status) => println!("forwarded to {target} → {status}"),
+            Err(error) => println!("forwarding to {target} failed: {error:#}"),
+        }
+    }
+    HttpResponse::build(StatusCode::NO_CONTENT).finish()
+}
+
+impl Listener {
+    async fn fetch(&self, url: &str) -> anyhow::Result<(u16, String)> {
+        let url = Url::parse(url)?;
+        let token = self.token(&url).await?;
+        let response = self.http.get(url).bearer_auth(token).send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let pretty = serde_json::from_str::<Value>(&text)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or(text);
+        Ok((status, pretty))
+    }
+
+    /// A token from the resource's own gateway, reused until shortly before it expires.
+    async fn token(&self, resource: &Url) -> anyhow::Result<String> {
+        let mut cached = self.token.lock().await;
+        if let Some((token, renew_at)) = cached.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let endpoint = resource.join("/oauth/token")?;
+        let response = self
+            .http
+            .post(endpoint)
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = serde_json::from_str(&response.text().await?).unwrap_or_default();
+        let token = body["access_token"]
+            .as_str()
+            .with_context(|| format!("token request answered {status}: {body}"))?
+            .to_owned();
+        let lifetime = body["expires_in"].as_u64().unwrap_or(60);
+        let renew_at = Instant::now() + Duration::from_secs(lifetime.saturating_sub(30).max(1));
+        *cached = Some((token.clone(), renew_at));
+        Ok(token)
+    }
+
+    async fn forward(
+        &self,
+        target: &Url,
+        req: &HttpRequest,
+        body: web::Bytes,
+    ) -> anyhow::Result<u16> {
+        let mut request = self.http.post(target.clone()).body(body.to_vec());
+        for name in [
+            "content-type",
+            "webhook-id",
+            "webhook-timestamp",
+            "webhook-signature",
+        ] {
+            if let Some(value) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
+                request = request.header(name, value);
+            }
+        }
+        Ok(request.send().await?.status().as_u16())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    #[test]
+    fn only_a_fresh_request_signed_with_the_secret_is_accepted() {
+        let secret = SigningSecret::generate();
+        let body = br#"{"id":"evt_1"}"#;
+        let request = |timestamp: i64, signature: &str| {
+            TestRequest::post()
+                .insert_header(("webhook-id", "evt_1"))
+                .insert_header(("webhook-timestamp", timestamp.to_string()))
+                .insert_header(("webhook-signature", signature))
+                .to_http_request()
+        };
+        let now = 1_800_000_000;
+        let good = signer::sign(&secret, "evt_1", now, body);
+        assert_eq!(verify(&secret, &request(now, &good), body, now), Ok(()));
+        let rotated = format!("v1,bm90IGl0 {good}");
+        assert_eq!(verify(&secret, &request(now, &rotated), body, now), Ok(()));
+        assert!(verify(&secret, &request(now, &good), b"tampered", now).is_err());
+        assert!(verify(&SigningSecret::generate(), &request(now, &good), body, now).is_err());
+        let stale = signer::sign(&secret, "evt_1", now - 600, body);
+        assert!(verify(&secret, &request(now - 600, &stale), body, now).is_err());
+        assert!(verify(&secret, &TestRequest::post().to_http_request(), body, now).is_err());
+    }
+}
