@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
 use crate::receiver::Receiver;
 
 /// Kills the listener when the test ends, however it ends.

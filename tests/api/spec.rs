@@ -7,8 +7,6 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::TestApp;
-
 const SPEC: &str = include_str!("../../openapi.yaml");
 
 /// Every route the server registers, as (METHOD, path template). Keep in
@@ -50,10 +48,12 @@ fn spec_operations() -> BTreeSet<(String, String)> {
         }
         if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
             path = format!("/{p}");
-        } else if let Some(method) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
-            if ["get", "post", "put", "patch", "delete"].contains(&method) {
-                operations.insert((method.to_uppercase(), path.clone()));
-            }
+        } else if let Some(method) = line
+            .strip_prefix("    ")
+            .and_then(|l| l.strip_suffix(':'))
+            .filter(|m| ["get", "post", "put", "patch", "delete"].contains(m))
+        {
+            operations.insert((method.to_uppercase(), path.clone()));
         }
     }
     operations
