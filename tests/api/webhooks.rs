@@ -399,6 +399,39 @@ backend_tests_with_backend! {
         assert_eq!(receiver.received().len(), WRITERS * EACH);
     }
 
+    async fn a_claim_takes_no_more_than_the_per_subscription_bound(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (slow, _) = subscribe(&app, &receiver.url("/slow"), &["comment.created"], None).await;
+        let (fast, _) = subscribe(&app, &receiver.url("/fast"), &["comment.created"], None).await;
+        for n in 0..10 {
+            post_comment(&app, &message, &format!("c{n}")).await;
+        }
+
+        let claim = |per_subscription: i64, worker: &'static str| {
+            let db = app.db.clone();
+            let now = thinhook::clock::to_db(app.clock_now());
+            let until = thinhook::clock::to_db(app.clock_now() + Duration::from_secs(60));
+            tokio::task::spawn_blocking(move || {
+                let limits = thinhook::db::queue::ClaimLimits { batch: 100, per_subscription, scan: 1000 };
+                let conn = &mut db.get().unwrap();
+                let ids = thinhook::db::queue::claim(conn, worker, now, until, limits).unwrap();
+                thinhook::db::deliveries::load_claimed(conn, &ids).unwrap()
+            })
+        };
+        let first = claim(3, "one").await.unwrap();
+        let per = |claimed: &[thinhook::db::deliveries::Claimed], sub: &str| {
+            claimed.iter().filter(|(d, _, _)| d.subscription_id == sub).count()
+        };
+        assert_eq!((per(&first, &slow), per(&first, &fast)), (3, 3));
+        // Leases still held count against the bound: nothing more until they end.
+        let second = claim(3, "two").await.unwrap();
+        assert!(second.is_empty(), "claimed beyond the bound: {}", second.len());
+        let third = claim(5, "three").await.unwrap();
+        assert_eq!((per(&third, &slow), per(&third, &fast)), (2, 2));
+    }
+
     async fn registration_refuses_urls_that_lead_inside(backend: Backend) {
         let app = spawn_app_with(backend, Role::Api, |s| s.delivery.allow_cidrs.clear()).await;
         app.resolver.set("private.test", &["10.0.0.5"]);
@@ -447,6 +480,50 @@ backend_tests_with_backend! {
         assert!(receiver.received().is_empty());
         let error = deliveries_of(&app, &sub).await[0]["attempts"][0]["error"].as_str().unwrap().to_owned();
         assert!(error.starts_with("blocked"), "{error}");
+    }
+}
+
+/// A worker in another process learns of new deliveries through
+/// PostgreSQL `NOTIFY`, not by polling.
+mod cross_process {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_is_woken_by_notify_from_the_api_process() {
+        if !crate::helpers::postgres_enabled() {
+            return;
+        }
+        let app = spawn_app(crate::helpers::Backend::Postgres).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        let mut settings = app.settings.clone();
+        settings.delivery.poll_interval_ms = 60_000;
+        let overrides = thinhook::startup::Overrides {
+            clock: app.clock.clone(),
+            resolver: app.resolver.clone(),
+        };
+        let worker = thinhook::startup::Application::build_with(&settings, Role::Worker, overrides)
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        // Let the worker's first (empty) poll and its LISTEN happen.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        post_comment(&app, &message, "notify").await;
+
+        for _ in 0..100 {
+            if !receiver.received().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(receiver.received().len(), 1, "the worker was not woken");
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
     }
 }
 
