@@ -527,6 +527,70 @@ mod cross_process {
     }
 }
 
+/// A stopping worker finishes what it can within its grace period and hands
+/// back the leases of the rest, so another dispatcher takes them at once.
+mod shutdown {
+    use super::*;
+
+    async fn releases_the_leases_it_cannot_finish(backend: crate::helpers::Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([Reply::hang(Duration::from_secs(10))]);
+        let mut settings = app.settings.clone();
+        settings.shutdown_timeout_secs = 1;
+        let overrides = thinhook::startup::Overrides {
+            clock: app.clock.clone(),
+            resolver: app.resolver.clone(),
+        };
+        let worker = thinhook::startup::Application::build_with(&settings, Role::Worker, overrides)
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        post_comment(&app, &message, "c").await;
+        for _ in 0..100 {
+            if !receiver.received().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(receiver.received().len(), 1, "the attempt did not start");
+
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the worker stopped")
+            .unwrap()
+            .unwrap();
+
+        let log = deliveries_of(&app, &sub).await;
+        assert_eq!(log[0]["status"], "pending");
+        assert_eq!(
+            log[0]["attempt_count"], 0,
+            "an unfinished attempt was recorded"
+        );
+        // Released, not left leased: due again at once, without waiting for the lease to expire.
+        assert_eq!(app.dispatch_all_pending().await, 1);
+        assert_eq!(deliveries_of(&app, &sub).await[0]["status"], "delivered");
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        releases_the_leases_it_cannot_finish(crate::helpers::Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        if crate::helpers::postgres_enabled() {
+            releases_the_leases_it_cannot_finish(crate::helpers::Backend::Postgres).await;
+        }
+    }
+}
+
 /// Refused at registration and at delivery.
 const REFUSED: &[&str] = &[
     "http://169.254.169.254/latest/meta-data/",
