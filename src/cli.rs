@@ -82,7 +82,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     "the signing key comes from auth.signing_key_file; rotate it by replacing that file"
                 );
             }
-            with_database(settings, move |db| keys(db, command)).await
+            let secrets = crate::secret_box::SecretBox::from_settings(&settings.secrets)?;
+            with_database(settings, move |db| keys(db, &secrets, command)).await
         }
     }
 }
@@ -153,10 +154,14 @@ fn clients(db: &Database, command: ClientsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn keys(db: &Database, command: KeysCommand) -> anyhow::Result<()> {
+fn keys(
+    db: &Database,
+    secrets: &crate::secret_box::SecretBox,
+    command: KeysCommand,
+) -> anyhow::Result<()> {
     match command {
         KeysCommand::Rotate => {
-            let kid = auth::keys::rotate(&mut *db.get()?, clock::SystemClock.now_utc())?;
+            let kid = auth::keys::rotate(&mut *db.get()?, clock::SystemClock.now_utc(), secrets)?;
             println!("new signing key: {kid}");
         }
     }

@@ -1,5 +1,6 @@
 //! Encryption at rest for secrets the gateway must be able to read back
-//! (webhook signing secrets): AES-256-GCM with a key from the configuration.
+//! (webhook signing secrets, token signing keys): AES-256-GCM with a key
+//! from the configuration.
 //!
 //! A sealed value is `v1:` + base64(nonce ‖ ciphertext ‖ tag). The row it
 //! belongs to is bound in as associated data, so a ciphertext copied to
@@ -69,6 +70,15 @@ impl SecretBox {
                 Ok(Self::new(&key))
             }
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The box the configuration names: `secrets.encryption_key`, else the key file.
+    pub fn from_settings(settings: &crate::config::SecretsSettings) -> anyhow::Result<Self> {
+        if settings.encryption_key.is_empty() {
+            Self::from_key_file(Path::new(&settings.key_file))
+        } else {
+            Self::from_base64(&settings.encryption_key)
         }
     }
 

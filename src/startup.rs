@@ -91,26 +91,23 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let clock = overrides.clock;
         let overrides_clock = clock.clone();
+        let secrets = Arc::new(SecretBox::from_settings(&settings.secrets)?);
         let database = settings.database.clone();
         let uses_key_file = !settings.auth.signing_key_file.is_empty();
         let now = clock.now_utc();
+        let sealer = secrets.clone();
         let db = tokio::task::spawn_blocking(move || -> anyhow::Result<Database> {
             let db = Database::connect(&database)?;
             for name in db.migrate()? {
                 tracing::info!(migration = name, "applied database migration");
             }
             if !uses_key_file {
-                keys::ensure_signing_key(&mut *db.get()?, now)?;
+                keys::ensure_signing_key(&mut *db.get()?, now, &sealer)?;
             }
             Ok(db)
         })
         .await
         .context("database set-up task failed")??;
-        let secrets = Arc::new(if settings.secrets.encryption_key.is_empty() {
-            SecretBox::from_key_file(Path::new(&settings.secrets.key_file))?
-        } else {
-            SecretBox::from_base64(&settings.secrets.encryption_key)?
-        });
 
         let listener = match role {
             Role::Worker => None,
@@ -177,8 +174,13 @@ impl Application {
         let server = match listener {
             None => None,
             Some(listener) => {
-                let authenticator =
-                    web::Data::new(authenticator(settings, &db, &clock, &public_base_url)?);
+                let authenticator = web::Data::new(authenticator(
+                    settings,
+                    &db,
+                    &secrets,
+                    &clock,
+                    &public_base_url,
+                )?);
                 let state = web::Data::new(AppState {
                     db: db.clone(),
                     links: Links::new(&public_base_url),
@@ -290,6 +292,7 @@ impl Application {
 fn authenticator(
     settings: &Settings,
     db: &Database,
+    secrets: &Arc<SecretBox>,
     clock: &SharedClock,
     public_base_url: &str,
 ) -> anyhow::Result<Authenticator> {
@@ -307,7 +310,7 @@ fn authenticator(
     // A retired key verifies as long as a token it signed can.
     let grace = policy.lifetime + policy.leeway;
     let keys = if auth.signing_key_file.is_empty() {
-        KeyRing::from_database(db.clone(), clock.clone(), grace)
+        KeyRing::from_database(db.clone(), secrets.clone(), clock.clone(), grace)
     } else {
         let key = SigningKey::from_pem_file(Path::new(&auth.signing_key_file))?;
         KeyRing::from_file(key, clock.clone(), grace)

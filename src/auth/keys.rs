@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 use crate::clock::{SharedClock, to_db};
 use crate::db::models::SigningKeyRow;
 use crate::db::{Database, DbConnection, DbError, signing_keys};
+use crate::secret_box::SecretBox;
 
 /// Reload verifying keys at least this often, so keys rotated by another
 /// process are published and old ones dropped.
@@ -61,9 +62,18 @@ impl SigningKey {
         })
     }
 
-    pub fn from_row(row: &SigningKeyRow) -> anyhow::Result<Self> {
+    /// Opens a stored key: sealed with the secrets key (bound to its kid),
+    /// or, for rows written before keys were sealed, plain base64.
+    pub fn from_row(row: &SigningKeyRow, secrets: &SecretBox) -> anyhow::Result<Self> {
+        let encoded = if row.private_key.starts_with("v1:") {
+            secrets
+                .open(&row.private_key, &row.kid)
+                .context("cannot open the stored signing key")?
+        } else {
+            row.private_key.clone()
+        };
         let pkcs8 = STANDARD
-            .decode(&row.private_key)
+            .decode(encoded)
             .context("stored signing key is not base64")?;
         Self::from_pkcs8(&pkcs8)
     }
@@ -91,14 +101,14 @@ fn thumbprint(x: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
 }
 
-/// A new key, as stored.
-pub fn generate_row(now: OffsetDateTime) -> anyhow::Result<SigningKeyRow> {
+/// A new key, as stored: the private key sealed with the secrets key.
+pub fn generate_row(now: OffsetDateTime, secrets: &SecretBox) -> anyhow::Result<SigningKeyRow> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
     let key = SigningKey::from_pkcs8(pkcs8.as_ref())?;
     Ok(SigningKeyRow {
+        private_key: secrets.seal(&STANDARD.encode(pkcs8.as_ref()), &key.kid),
         kid: key.kid,
-        private_key: STANDARD.encode(pkcs8.as_ref()),
         public_key: key.public_x,
         created_at: to_db(now),
         retired_at: None,
@@ -106,9 +116,13 @@ pub fn generate_row(now: OffsetDateTime) -> anyhow::Result<SigningKeyRow> {
 }
 
 /// Makes sure a key is there to sign with; generates the first one.
-pub fn ensure_signing_key(conn: &mut DbConnection, now: OffsetDateTime) -> anyhow::Result<()> {
+pub fn ensure_signing_key(
+    conn: &mut DbConnection,
+    now: OffsetDateTime,
+    secrets: &SecretBox,
+) -> anyhow::Result<()> {
     if signing_keys::active(conn)?.is_none() {
-        let row = generate_row(now)?;
+        let row = generate_row(now, secrets)?;
         signing_keys::insert(conn, &row)?;
         tracing::info!(kid = row.kid, "generated the first token signing key");
     }
@@ -116,8 +130,12 @@ pub fn ensure_signing_key(conn: &mut DbConnection, now: OffsetDateTime) -> anyho
 }
 
 /// Retires the signing key and makes a new one active; returns the new `kid`.
-pub fn rotate(conn: &mut DbConnection, now: OffsetDateTime) -> anyhow::Result<String> {
-    let row = generate_row(now)?;
+pub fn rotate(
+    conn: &mut DbConnection,
+    now: OffsetDateTime,
+    secrets: &SecretBox,
+) -> anyhow::Result<String> {
+    let row = generate_row(now, secrets)?;
     crate::db::write_transaction(conn, |conn| {
         signing_keys::retire_active(conn, to_db(now))?;
         signing_keys::insert(conn, &row)
@@ -164,7 +182,8 @@ struct VerifyCache {
 }
 
 enum Source {
-    Database(Database),
+    /// Keys in the database, their private halves sealed with this box.
+    Database(Database, Arc<SecretBox>),
     File(Arc<SigningKey>),
 }
 
@@ -186,8 +205,13 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    pub fn from_database(db: Database, clock: SharedClock, grace: Duration) -> Self {
-        Self::new(Source::Database(db), clock, grace)
+    pub fn from_database(
+        db: Database,
+        secrets: Arc<SecretBox>,
+        clock: SharedClock,
+        grace: Duration,
+    ) -> Self {
+        Self::new(Source::Database(db, secrets), clock, grace)
     }
 
     pub fn from_file(key: SigningKey, clock: SharedClock, grace: Duration) -> Self {
@@ -208,13 +232,14 @@ impl KeyRing {
     /// blocking thread with a connection) so a rotation by another process
     /// takes effect at once.
     pub fn signing_key(&self, conn: &mut DbConnection) -> anyhow::Result<Arc<SigningKey>> {
-        if let Source::File(key) = &self.source {
-            return Ok(key.clone());
-        }
+        let secrets = match &self.source {
+            Source::File(key) => return Ok(key.clone()),
+            Source::Database(_, secrets) => secrets,
+        };
         let row = match signing_keys::active(conn)? {
             Some(row) => row,
             None => {
-                ensure_signing_key(conn, self.clock.now_utc())?;
+                ensure_signing_key(conn, self.clock.now_utc(), secrets)?;
                 signing_keys::active(conn)?.context("no signing key after creating one")?
             }
         };
@@ -222,7 +247,7 @@ impl KeyRing {
         if let Some(key) = cached.as_ref().filter(|key| key.kid == row.kid) {
             return Ok(key.clone());
         }
-        let key = Arc::new(SigningKey::from_row(&row)?);
+        let key = Arc::new(SigningKey::from_row(&row, secrets)?);
         *cached = Some(key.clone());
         Ok(key)
     }
@@ -286,7 +311,7 @@ impl KeyRing {
                 jwk: Jwk::ed25519(&key.kid, &key.public_x),
                 verify_until: None,
             }],
-            Source::Database(db) => {
+            Source::Database(db, _) => {
                 let since = to_db(self.clock.now_utc() - self.grace);
                 let rows = db
                     .run(move |conn| signing_keys::verifying(conn, since))
@@ -323,10 +348,14 @@ fn decoding_key(x: &str) -> DecodingKey {
 mod tests {
     use super::*;
 
+    fn secrets() -> SecretBox {
+        SecretBox::new(&[3u8; 32])
+    }
+
     #[test]
     fn generated_keys_round_trip_and_are_named_by_thumbprint() {
-        let row = generate_row(OffsetDateTime::now_utc()).unwrap();
-        let key = SigningKey::from_row(&row).unwrap();
+        let row = generate_row(OffsetDateTime::now_utc(), &secrets()).unwrap();
+        let key = SigningKey::from_row(&row, &secrets()).unwrap();
         assert_eq!(key.kid, row.kid);
         assert_eq!(key.public_x, row.public_key);
         assert_eq!(key.kid, thumbprint(&row.public_key));
@@ -343,12 +372,22 @@ mod tests {
     }
 
     #[test]
+    fn private_keys_are_stored_sealed_and_bound_to_their_kid() {
+        let row = generate_row(OffsetDateTime::now_utc(), &secrets()).unwrap();
+        assert!(row.private_key.starts_with("v1:"), "stored in the clear");
+        assert!(SigningKey::from_row(&row, &SecretBox::new(&[4u8; 32])).is_err());
+        let moved = SigningKeyRow {
+            kid: "another".into(),
+            ..row.clone()
+        };
+        assert!(SigningKey::from_row(&moved, &secrets()).is_err());
+    }
+
+    #[test]
     fn pem_files_load() {
-        let row = generate_row(OffsetDateTime::now_utc()).unwrap();
-        let pem = format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            row.private_key
-        );
+        let row = generate_row(OffsetDateTime::now_utc(), &secrets()).unwrap();
+        let pkcs8 = secrets().open(&row.private_key, &row.kid).unwrap();
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{pkcs8}\n-----END PRIVATE KEY-----\n");
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), pem).unwrap();
         assert_eq!(SigningKey::from_pem_file(file.path()).unwrap().kid, row.kid);

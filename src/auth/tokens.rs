@@ -173,8 +173,9 @@ mod tests {
     }
 
     fn key() -> (SigningKey, DecodingKey) {
-        let row = generate_row(OffsetDateTime::now_utc()).unwrap();
-        let signing = SigningKey::from_row(&row).unwrap();
+        let secrets = crate::secret_box::SecretBox::new(&[1u8; 32]);
+        let row = generate_row(OffsetDateTime::now_utc(), &secrets).unwrap();
+        let signing = SigningKey::from_row(&row, &secrets).unwrap();
         let decoding = DecodingKey::from_ed_components(&row.public_key).unwrap();
         (signing, decoding)
     }

@@ -75,7 +75,7 @@ async fn server_signing_key(app: &TestApp) -> SigningKey {
         .unwrap()
         .unwrap()
         .unwrap();
-    SigningKey::from_row(&row).unwrap()
+    SigningKey::from_row(&row, &app.secrets()).unwrap()
 }
 
 fn server_policy(app: &TestApp) -> TokenPolicy {
@@ -255,7 +255,8 @@ backend_tests! {
     }
 
     async fn a_token_with_an_unknown_kid_is_refused(app: &TestApp) {
-        let foreign = SigningKey::from_row(&keys::generate_row(app.clock.now_utc()).unwrap()).unwrap();
+        let secrets = app.secrets();
+        let foreign = SigningKey::from_row(&keys::generate_row(app.clock.now_utc(), &secrets).unwrap(), &secrets).unwrap();
         let client = ClientId::parse(&app.user.id).unwrap();
         let (token, _) = tokens::issue(&foreign, &server_policy(app), &client, &Scopes::all(), app.clock.now_utc()).unwrap();
         assert_invalid_token(read_something(app, &token).await).await;
@@ -372,6 +373,10 @@ backend_tests! {
 }
 
 impl TestApp {
+    fn secrets(&self) -> thinhook::secret_box::SecretBox {
+        thinhook::secret_box::SecretBox::from_settings(&self.settings.secrets).unwrap()
+    }
+
     async fn revoke(&self, client_id: &str) {
         let (db, id, now) = (self.db.clone(), client_id.to_owned(), self.clock.now_utc());
         let revoked = tokio::task::spawn_blocking(move || {
@@ -385,7 +390,8 @@ impl TestApp {
 
     async fn rotate_keys(&self) -> String {
         let (db, now) = (self.db.clone(), self.clock.now_utc());
-        tokio::task::spawn_blocking(move || keys::rotate(&mut db.get().unwrap(), now))
+        let secrets = self.secrets();
+        tokio::task::spawn_blocking(move || keys::rotate(&mut db.get().unwrap(), now, &secrets))
             .await
             .unwrap()
             .unwrap()

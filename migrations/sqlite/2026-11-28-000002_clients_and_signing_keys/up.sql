@@ -14,7 +14,7 @@ CREATE TABLE clients (
 -- retired keys keep verifying until the tokens they signed have expired.
 CREATE TABLE signing_keys (
     kid TEXT PRIMARY KEY NOT NULL,
-    -- base64 PKCS#8 document
+    -- PKCS#8 document, sealed with the secrets key (src/secret_box.rs)
     private_key TEXT NOT NULL,
     -- base64url raw public key (the JWK `x`)
     public_key TEXT NOT NULL,
