@@ -97,6 +97,17 @@ impl Receiver {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// Waits (at most 10 s) until `count` requests have arrived; returns how many did.
+    pub async fn wait_for(&self, count: usize) -> usize {
+        for _ in 0..200 {
+            if self.received().len() >= count {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.received().len()
+    }
+
     pub fn received_on(&self, path: &str) -> Vec<Received> {
         self.received()
             .into_iter()

@@ -299,13 +299,7 @@ backend_tests_with_backend! {
         post_comment(&app, &message, "wake up").await;
 
         // Bounded wait: the poll interval is a minute, so only the wake-up can deliver in time.
-        for _ in 0..100 {
-            if !receiver.received().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(receiver.received().len(), 1);
+        assert_eq!(receiver.wait_for(1).await, 1);
     }
 
     async fn a_lease_held_by_a_stopped_dispatcher_is_taken_over_when_it_expires(backend: Backend) {
@@ -389,14 +383,7 @@ backend_tests_with_backend! {
 
         assert_eq!(statuses.len(), WRITERS * EACH);
         assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
-        // Bounded wait for the background dispatcher to catch up.
-        for _ in 0..200 {
-            if receiver.received().len() >= WRITERS * EACH {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(receiver.received().len(), WRITERS * EACH);
+        assert_eq!(receiver.wait_for(WRITERS * EACH).await, WRITERS * EACH);
     }
 
     async fn a_claim_takes_no_more_than_the_per_subscription_bound(backend: Backend) {
@@ -497,31 +484,15 @@ mod cross_process {
         let receiver = Receiver::start().await;
         let message = id(&app.create_message("m").await);
         subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
-        let mut settings = app.settings.clone();
-        settings.delivery.poll_interval_ms = 60_000;
-        let overrides = thinhook::startup::Overrides {
-            clock: app.clock.clone(),
-            resolver: app.resolver.clone(),
-        };
-        let worker = thinhook::startup::Application::build_with(&settings, Role::Worker, overrides)
-            .await
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(worker.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let (stop, running) = app
+            .start_worker(|s| s.delivery.poll_interval_ms = 60_000)
+            .await;
         // Let the worker's first (empty) poll and its LISTEN happen.
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         post_comment(&app, &message, "notify").await;
 
-        for _ in 0..100 {
-            if !receiver.received().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(receiver.received().len(), 1, "the worker was not woken");
+        assert_eq!(receiver.wait_for(1).await, 1, "the worker was not woken");
         let _ = stop.send(());
         running.await.unwrap().unwrap();
     }
@@ -538,27 +509,9 @@ mod shutdown {
         let message = id(&app.create_message("m").await);
         let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
         receiver.script([Reply::hang(Duration::from_secs(10))]);
-        let mut settings = app.settings.clone();
-        settings.shutdown_timeout_secs = 1;
-        let overrides = thinhook::startup::Overrides {
-            clock: app.clock.clone(),
-            resolver: app.resolver.clone(),
-        };
-        let worker = thinhook::startup::Application::build_with(&settings, Role::Worker, overrides)
-            .await
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(worker.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let (stop, running) = app.start_worker(|s| s.shutdown_timeout_secs = 1).await;
         post_comment(&app, &message, "c").await;
-        for _ in 0..100 {
-            if !receiver.received().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(receiver.received().len(), 1, "the attempt did not start");
+        assert_eq!(receiver.wait_for(1).await, 1, "the attempt did not start");
 
         let _ = stop.send(());
         tokio::time::timeout(Duration::from_secs(10), running)
@@ -624,19 +577,43 @@ const REFUSED: &[&str] = &[
 ];
 
 impl TestApp {
-    /// A dispatcher of a second process (a worker) on the same database.
-    async fn second_dispatcher(
+    /// The application of a second process, a worker, on the same database.
+    async fn worker(
         &self,
-    ) -> std::sync::Arc<thinhook::delivery::dispatcher::Dispatcher> {
+        adjust: impl FnOnce(&mut thinhook::config::Settings),
+    ) -> thinhook::startup::Application {
+        let mut settings = self.settings.clone();
+        adjust(&mut settings);
         let overrides = thinhook::startup::Overrides {
             clock: self.clock.clone(),
             resolver: self.resolver.clone(),
         };
-        let worker =
-            thinhook::startup::Application::build_with(&self.settings, Role::Worker, overrides)
-                .await
-                .unwrap();
-        worker.dispatcher()
+        thinhook::startup::Application::build_with(&settings, Role::Worker, overrides)
+            .await
+            .unwrap()
+    }
+
+    /// A worker's dispatcher, to drive step by step.
+    async fn second_dispatcher(
+        &self,
+    ) -> std::sync::Arc<thinhook::delivery::dispatcher::Dispatcher> {
+        self.worker(|_| {}).await.dispatcher()
+    }
+
+    /// Runs a worker in the background; send on the switch to stop it.
+    async fn start_worker(
+        &self,
+        adjust: impl FnOnce(&mut thinhook::config::Settings),
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let worker = self.worker(adjust).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        (stop, running)
     }
 
     fn clock_now(&self) -> time::OffsetDateTime {
