@@ -113,7 +113,7 @@ impl Dispatcher {
             }
             attempted += claimed.len();
             let attempts = claimed.into_iter().map(|c| self.attempt(c));
-            futures_join_all(attempts).await;
+            futures_util::future::join_all(attempts).await;
         }
     }
 
@@ -375,21 +375,4 @@ impl Dispatcher {
         let text = self.secrets.open(sealed, subscription_id)?;
         Ok(SigningSecret::parse(&text)?)
     }
-}
-
-/// Awaits all futures concurrently (no extra crate for one call site).
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for future in futures {
-        set.push(Box::pin(future));
-    }
-    std::future::poll_fn(|cx| {
-        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
-        if set.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }

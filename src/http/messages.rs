@@ -153,6 +153,7 @@ async fn create_message(
     };
     let (stored, subscription_row) = (row.clone(), subscription.as_ref().map(|s| s.row.clone()));
     let path = Links::message_path(&id);
+    let location = state.links.absolute(&path);
     let queued = state
         .db
         .run(move |conn| {
@@ -176,10 +177,7 @@ async fn create_message(
         state.webhooks.wake.notify_one();
     }
     Ok(HttpResponse::Created()
-        .insert_header((
-            header::LOCATION,
-            state.links.absolute(&Links::message_path(&id)),
-        ))
+        .insert_header((header::LOCATION, location))
         .json(CreatedMessage {
             message: row.into(),
             subscription: subscription.map(NewSubscription::into_response),
@@ -232,6 +230,7 @@ async fn create_comment(
     let stored = row.clone();
     let lookup = message_id.clone();
     let resource_path = Links::comment_path(&message_id, &comment_id);
+    let location = state.links.absolute(&resource_path);
     // The comment, its event and its deliveries commit together or not at all.
     let queued = state
         .db
@@ -257,12 +256,7 @@ async fn create_comment(
         state.webhooks.wake.notify_one();
     }
     Ok(HttpResponse::Created()
-        .insert_header((
-            header::LOCATION,
-            state
-                .links
-                .absolute(&Links::comment_path(&message_id, &comment_id)),
-        ))
+        .insert_header((header::LOCATION, location))
         .json(Comment::from(row)))
 }
 

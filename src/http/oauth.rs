@@ -100,22 +100,19 @@ fn client_credentials(
             "use either HTTP Basic or form fields for client authentication, not both",
         ));
     }
-    let invalid = OAuthError::InvalidClient { basic: true };
-    let value = value
-        .to_str()
-        .map_err(|_| OAuthError::InvalidClient { basic: true })?;
+    let invalid = || OAuthError::InvalidClient { basic: true };
+    let value = value.to_str().map_err(|_| invalid())?;
     let encoded = value
         .strip_prefix("Basic ")
         .or_else(|| value.strip_prefix("basic "))
-        .ok_or(OAuthError::InvalidClient { basic: true })?;
+        .ok_or_else(invalid)?;
     let decoded = STANDARD
         .decode(encoded.trim())
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or(OAuthError::InvalidClient { basic: true })?;
-    let (id, secret) = decoded.split_once(':').ok_or(invalid)?;
-    let unescape =
-        |part: &str| form_urlencoded_decode(part).ok_or(OAuthError::InvalidClient { basic: true });
+        .ok_or_else(invalid)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(invalid)?;
+    let unescape = |part: &str| form_urlencoded_decode(part).ok_or_else(invalid);
     Ok((unescape(id)?, unescape(secret)?, true))
 }
 

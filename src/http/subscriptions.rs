@@ -2,6 +2,8 @@
 //! subscription belongs to the client that made it; to anyone else it does
 //! not exist (404, never 403).
 
+use std::collections::HashMap;
+
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -455,15 +457,18 @@ fn with_attempts(
     rows: Vec<(DeliveryRow, EventRow)>,
 ) -> diesel::QueryResult<Vec<Delivery>> {
     let ids: Vec<String> = rows.iter().map(|(d, _)| d.id.clone()).collect();
-    let mut attempts = deliveries::attempts_of(conn, &ids)?;
+    let mut by_delivery: HashMap<String, Vec<AttemptRow>> = HashMap::new();
+    for attempt in deliveries::attempts_of(conn, &ids)? {
+        by_delivery
+            .entry(attempt.delivery_id.clone())
+            .or_default()
+            .push(attempt);
+    }
     Ok(rows
         .into_iter()
         .map(|(delivery, event)| {
-            let (mine, rest): (Vec<_>, Vec<_>) = attempts
-                .drain(..)
-                .partition(|a| a.delivery_id == delivery.id);
-            attempts = rest;
-            delivery_json(delivery, event, mine)
+            let attempts = by_delivery.remove(&delivery.id).unwrap_or_default();
+            delivery_json(delivery, event, attempts)
         })
         .collect())
 }
