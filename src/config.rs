@@ -52,6 +52,10 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// How long a request waits for a free connection before it gets a 503, in seconds.
     pub acquire_timeout_secs: u64,
+    /// Writes that may wait for the writer; beyond, requests get a 503.
+    pub writer_queue: usize,
+    /// Writes committed together in one transaction, at most.
+    pub writer_batch: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +72,9 @@ pub struct AuthSettings {
     /// PEM file (PKCS#8 Ed25519) holding the token signing key. Empty: keys
     /// are generated and kept in the database, and `thinhook keys rotate` rotates them.
     pub signing_key_file: String,
+    /// How often the revoked clients are read again, in milliseconds (on
+    /// PostgreSQL a revocation is also announced at once).
+    pub revocation_refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,11 +98,15 @@ pub struct DeliverySettings {
     pub secret_overlap_secs: u64,
     /// How long a claimed delivery stays leased to its dispatcher.
     pub lease_secs: u64,
+    /// Deliveries claimed at once.
     pub batch_size: u32,
     /// Attempts in flight at once in this process.
     pub max_in_flight: u32,
-    /// Attempts in flight at once for one subscription.
+    /// Attempts in flight at once for one subscription, across all processes.
     pub max_in_flight_per_subscription: u32,
+    /// Deliveries one process holds leased in memory (waiting, in flight or
+    /// being recorded); more stay queued in the database.
+    pub max_held: u32,
     /// How often the queue is polled when no wake-up arrives.
     pub poll_interval_ms: u64,
     /// Bytes of each response body kept in the delivery log.
@@ -160,6 +171,8 @@ impl Default for DatabaseSettings {
             url: "sqlite://thinhook.sqlite3".into(),
             pool_size: 8,
             acquire_timeout_secs: 5,
+            writer_queue: 10_000,
+            writer_batch: 1_000,
         }
     }
 }
@@ -172,6 +185,7 @@ impl Default for AuthSettings {
             token_ttl_secs: 900,
             leeway_secs: 30,
             signing_key_file: String::new(),
+            revocation_refresh_ms: 1_000,
         }
     }
 }
@@ -188,9 +202,10 @@ impl Default for DeliverySettings {
             disable_after_secs: 5 * 86_400,
             secret_overlap_secs: 86_400,
             lease_secs: 60,
-            batch_size: 50,
-            max_in_flight: 64,
-            max_in_flight_per_subscription: 4,
+            batch_size: 500,
+            max_in_flight: 256,
+            max_in_flight_per_subscription: 64,
+            max_held: 20_000,
             poll_interval_ms: 1000,
             max_response_bytes: 4096,
         }
@@ -323,7 +338,14 @@ impl Settings {
                 "delivery.max_in_flight_per_subscription",
                 u64::from(delivery.max_in_flight_per_subscription),
             ),
+            ("delivery.max_held", u64::from(delivery.max_held)),
             ("delivery.poll_interval_ms", delivery.poll_interval_ms),
+            ("database.writer_queue", self.database.writer_queue as u64),
+            ("database.writer_batch", self.database.writer_batch as u64),
+            (
+                "auth.revocation_refresh_ms",
+                self.auth.revocation_refresh_ms,
+            ),
             ("events.retention_days", self.events.retention_days),
             (
                 "events.prune_interval_secs",

@@ -175,7 +175,10 @@ impl ResponseError for ApiError {
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
         match error {
-            DbError::Unavailable(_) => Self::Unavailable(error.into()),
+            DbError::Unavailable(_)
+            | DbError::Overloaded
+            | DbError::NotCommitted(_)
+            | DbError::WriterStopped => Self::Unavailable(error.into()),
             DbError::Query(_) | DbError::Task(_) => Self::Internal(error.into()),
         }
     }

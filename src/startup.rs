@@ -11,16 +11,21 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::auth::Authenticator;
 use crate::auth::keys::{self, KeyRing, SigningKey};
+use crate::auth::revocations::{self, Revocations};
 use crate::auth::tokens::TokenPolicy;
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
-use crate::db::{Database, queue};
+use crate::db::presence::{Listeners, Presence, Worker};
+use crate::db::queue::{self, Capacity, Handoff};
+use crate::db::writer::{Writer, WriterSettings};
+use crate::db::{Database, DatabaseUrl};
+use crate::delivery::attempt::Attempter;
 use crate::delivery::client::{ClientSettings, WebhookClient};
-use crate::delivery::dispatcher::{DispatchSettings, Dispatcher};
+use crate::delivery::dispatcher::{self, DispatchSettings, Dispatcher};
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::ssrf::{Cidr, EgressPolicy, Guard, Resolver, SystemResolver};
 use crate::http::{self, AppState, Links, Webhooks, request_id};
@@ -61,11 +66,16 @@ pub struct Application {
     server: Option<Server>,
     dispatcher: Arc<Dispatcher>,
     db: Database,
+    writer: Writer,
     wake: Arc<Notify>,
+    /// Kept fresh while the API runs.
+    revocations: Option<(Arc<Revocations>, Duration)>,
     shutdown_grace: Duration,
     clock: SharedClock,
     retention: Duration,
     prune_interval: Duration,
+    /// SQLite: held while this process dispatches, so that only one does.
+    _dispatch_lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Application {
@@ -75,6 +85,12 @@ impl std::fmt::Debug for Application {
             .field("address", &self.address)
             .field("public_base_url", &self.public_base_url)
             .finish_non_exhaustive()
+    }
+}
+
+impl Role {
+    fn dispatches(self) -> bool {
+        matches!(self, Self::All | Self::Worker)
     }
 }
 
@@ -90,7 +106,6 @@ impl Application {
         overrides: Overrides,
     ) -> anyhow::Result<Self> {
         let clock = overrides.clock;
-        let overrides_clock = clock.clone();
         let secrets = Arc::new(SecretBox::from_settings(&settings.secrets)?);
         let database = settings.database.clone();
         let uses_key_file = !settings.auth.signing_key_file.is_empty();
@@ -108,6 +123,10 @@ impl Application {
         })
         .await
         .context("database set-up task failed")??;
+        let dispatch_lock = match db.url() {
+            DatabaseUrl::Sqlite(path) if role.dispatches() => Some(lock_dispatching(path)?),
+            _ => None,
+        };
 
         let listener = match role {
             Role::Worker => None,
@@ -145,13 +164,33 @@ impl Application {
         )?;
         let wake = Arc::new(Notify::new());
         let shutdown_grace = Duration::from_secs(settings.shutdown_timeout_secs);
-        let dispatcher = Arc::new(Dispatcher::new(
-            db.clone(),
-            clock.clone(),
-            client,
-            secrets.clone(),
-            public_base_url.clone(),
-            DispatchSettings {
+        let lease = Duration::from_secs(delivery.lease_secs);
+        let worker_id = dispatcher::new_worker_id();
+        let capacity = Arc::new(Capacity::new(delivery.max_held as usize));
+        let (handoff, handoffs) = mpsc::unbounded_channel();
+        let handoff = role.dispatches().then(|| Handoff {
+            worker: worker_id.clone(),
+            lease,
+            clock: clock.clone(),
+            per_subscription: i64::from(delivery.max_in_flight_per_subscription),
+            capacity: capacity.clone(),
+            sender: handoff,
+            wake: wake.clone(),
+        });
+        let writer = Writer::start(
+            db.url(),
+            WriterSettings {
+                queue: settings.database.writer_queue,
+                max_batch: settings.database.writer_batch,
+            },
+            handoff,
+        )?;
+        let dispatcher = Arc::new(Dispatcher::new(dispatcher::Parts {
+            writer: writer.clone(),
+            attempter: Attempter {
+                client,
+                secrets: secrets.clone(),
+                public_base_url: public_base_url.clone(),
                 retry: RetryPolicy {
                     delays: delivery
                         .retry_schedule_secs
@@ -160,31 +199,42 @@ impl Application {
                         .collect(),
                     max_retry_after: Duration::from_secs(delivery.max_retry_after_secs),
                 },
-                lease: Duration::from_secs(delivery.lease_secs),
+                clock: clock.clone(),
+            },
+            backend: db.backend(),
+            settings: DispatchSettings {
+                lease,
                 batch: delivery.batch_size,
                 max_in_flight: delivery.max_in_flight,
                 per_subscription: delivery.max_in_flight_per_subscription,
+                claim_window: CLAIM_WINDOW,
                 poll_interval: Duration::from_millis(delivery.poll_interval_ms),
                 disable_after: Duration::from_secs(delivery.disable_after_secs),
                 shutdown_grace,
             },
-            wake.clone(),
-        ));
+            worker_id,
+            wake: wake.clone(),
+            capacity,
+            handoffs,
+        }));
 
-        let server = match listener {
-            None => None,
+        let (server, revocations) = match listener {
+            None => (None, None),
             Some(listener) => {
+                let revocations = Arc::new(Revocations::load(db.clone()).await?);
                 let authenticator = web::Data::new(authenticator(
                     settings,
                     &db,
                     &secrets,
                     &clock,
                     &public_base_url,
+                    revocations.clone(),
                 )?);
                 let state = web::Data::new(AppState {
                     db: db.clone(),
+                    writer: writer.clone(),
                     links: Links::new(&public_base_url),
-                    clock,
+                    clock: clock.clone(),
                     webhooks: Webhooks {
                         guard,
                         secrets,
@@ -206,7 +256,11 @@ impl Application {
                 if settings.workers > 0 {
                     server = server.workers(settings.workers);
                 }
-                Some(server.listen(listener)?.run())
+                let refresh = Duration::from_millis(settings.auth.revocation_refresh_ms);
+                (
+                    Some(server.listen(listener)?.run()),
+                    Some((revocations, refresh)),
+                )
             }
         };
         Ok(Self {
@@ -216,11 +270,14 @@ impl Application {
             server,
             dispatcher,
             db,
+            writer,
             wake,
+            revocations,
             shutdown_grace,
-            clock: overrides_clock,
+            clock,
             retention: Duration::from_secs(settings.events.retention_days * 86_400),
             prune_interval: Duration::from_secs(settings.events.prune_interval_secs),
+            _dispatch_lock: dispatch_lock,
         })
     }
 
@@ -238,16 +295,29 @@ impl Application {
         self.dispatcher.clone()
     }
 
+    /// This process's writer.
+    pub fn writer(&self) -> Writer {
+        self.writer.clone()
+    }
+
     /// Runs the HTTP server and/or the dispatcher until `shutdown` resolves
-    /// or one of them stops; then stops the other gracefully.
+    /// or the server stops; then stops gracefully: the server first (no new
+    /// work), then the dispatcher (attempts in flight finish or are released).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
-        let dispatcher = matches!(self.role, Role::All | Role::Worker).then(|| {
-            if let Some(url) = self.db.postgres_url() {
-                queue::spawn_listener(url, self.wake.clone(), stopped.clone());
+        let presence = match self.db.postgres_url() {
+            Some(url) => {
+                let (worker, listeners) = self.presence();
+                Some(Presence::start(url, worker, listeners).await)
             }
+            None => None,
+        };
+        if let Some((revocations, every)) = &self.revocations {
+            tokio::spawn(revocations.clone().run(*every, stopped.clone()));
+        }
+        let dispatcher = self.role.dispatches().then(|| {
             tokio::spawn(crate::retention::run(
-                self.db.clone(),
+                self.writer.clone(),
                 self.clock.clone(),
                 self.retention,
                 self.prune_interval,
@@ -266,7 +336,6 @@ impl Application {
         let result = tokio::select! {
             () = shutdown => {
                 tracing::info!("shutdown requested; finishing work in flight");
-                let _ = stop.send(true);
                 match &handle {
                     // The server future must go on being polled for its stop to complete.
                     Some(handle) => tokio::join!(handle.stop(true), &mut server).1,
@@ -275,17 +344,65 @@ impl Application {
             }
             result = &mut server => {
                 tracing::warn!(?result, "HTTP server stopped by itself");
-                let _ = stop.send(true);
                 result
             }
         };
+        let _ = stop.send(true);
         if let Some(dispatcher) = dispatcher {
             let grace = self.shutdown_grace + Duration::from_secs(5);
             if tokio::time::timeout(grace, dispatcher).await.is_err() {
                 tracing::warn!("dispatcher did not stop in time");
             }
         }
+        if let Some(presence) = presence {
+            presence.stop().await;
+        }
         result
+    }
+
+    /// PostgreSQL: what the session that hears other processes listens for,
+    /// and for a dispatching process, the worker it proves alive.
+    fn presence(&self) -> (Option<Worker>, Listeners) {
+        let mut listeners = Listeners::default();
+        if self.role.dispatches() {
+            listeners.channels.push((queue::CHANNEL, self.wake.clone()));
+        }
+        if let Some((revocations, _)) = &self.revocations {
+            listeners
+                .channels
+                .push((revocations::CHANNEL, revocations.changed.clone()));
+        }
+        let worker = self
+            .role
+            .dispatches()
+            .then(|| Worker::new(self.dispatcher.worker_id()));
+        (worker, listeners)
+    }
+}
+
+/// Subscriptions a claim visits per pass.
+const CLAIM_WINDOW: u32 = 1_000;
+
+/// SQLite: takes the lock that makes this the one process dispatching from
+/// the database file. Released when the process ends, however it ends.
+fn lock_dispatching(database: &Path) -> anyhow::Result<std::fs::File> {
+    let path = format!("{}.dispatch-lock", database.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {path}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another thinhook process dispatches deliveries from {}: on SQLite only one may \
+             (run the others with --role api, or use PostgreSQL)",
+            database.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {path}"))
+        }
     }
 }
 
@@ -295,6 +412,7 @@ fn authenticator(
     secrets: &Arc<SecretBox>,
     clock: &SharedClock,
     public_base_url: &str,
+    revocations: Arc<Revocations>,
 ) -> anyhow::Result<Authenticator> {
     let auth = &settings.auth;
     let policy = TokenPolicy {
@@ -320,6 +438,7 @@ fn authenticator(
         policy,
         db: db.clone(),
         clock: clock.clone(),
+        revocations,
     })
 }
 

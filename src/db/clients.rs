@@ -22,15 +22,12 @@ pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<ClientRow>>
         .optional()
 }
 
-/// Whether the client exists and is not revoked.
-pub fn is_active(conn: &mut DbConnection, id: &str) -> QueryResult<bool> {
+/// The ids of revoked clients.
+pub fn revoked_ids(conn: &mut DbConnection) -> QueryResult<Vec<String>> {
     clients::table
-        .find(id)
-        .filter(clients::revoked_at.is_null())
+        .filter(clients::revoked_at.is_not_null())
         .select(clients::id)
-        .first::<String>(conn)
-        .optional()
-        .map(|found| found.is_some())
+        .load(conn)
 }
 
 pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<ClientRow>> {
@@ -40,14 +37,19 @@ pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<ClientRow>> {
         .load(conn)
 }
 
-/// Marks the client revoked; returns false if it does not exist or already was.
+/// Marks the client revoked; returns false if it does not exist or already
+/// was. On PostgreSQL, API processes are told at once.
 pub fn revoke(conn: &mut DbConnection, id: &str, at: PrimitiveDateTime) -> QueryResult<bool> {
-    diesel::update(
+    let revoked = diesel::update(
         clients::table
             .find(id)
             .filter(clients::revoked_at.is_null()),
     )
     .set(clients::revoked_at.eq(at))
-    .execute(conn)
-    .map(|updated| updated == 1)
+    .execute(conn)?
+        == 1;
+    if revoked && let DbConnection::Postgres(conn) = conn {
+        diesel::sql_query(format!("NOTIFY {}", crate::auth::revocations::CHANNEL)).execute(conn)?;
+    }
+    Ok(revoked)
 }

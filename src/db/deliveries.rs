@@ -1,5 +1,9 @@
 //! Repository functions for deliveries and their attempts.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
 use diesel::prelude::*;
 use time::PrimitiveDateTime;
 
@@ -12,35 +16,64 @@ pub const DELIVERED: &str = "delivered";
 pub const FAILED: &str = "failed";
 pub const STATUSES: [&str; 3] = [PENDING, DELIVERED, FAILED];
 
+/// Rows per multi-row `INSERT`: well within SQLite's 32,766 and
+/// PostgreSQL's 65,535 bound parameters for the widest row.
+pub const INSERT_CHUNK: usize = 1_000;
+
 pub fn insert_all(conn: &mut DbConnection, rows: &[DeliveryRow]) -> QueryResult<()> {
-    // One statement per row: a multi-row INSERT is not portable through
-    // MultiConnection, and these run inside the event's transaction anyway.
-    for row in rows {
-        diesel::insert_into(deliveries::table)
-            .values(row)
-            .execute(conn)?;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        per_backend!(&mut *conn, |c| diesel::insert_into(deliveries::table)
+            .values(chunk)
+            .execute(c)?);
     }
     Ok(())
 }
 
-/// A claimed delivery with what is needed to attempt it.
-pub type Claimed = (DeliveryRow, EventRow, SubscriptionRow);
+/// A delivery leased to this process, with what its attempt needs. Events
+/// and subscriptions are shared by the deliveries of one batch.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub delivery_id: String,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    pub event: Arc<EventRow>,
+    pub subscription: Arc<SubscriptionRow>,
+}
 
-pub fn load_claimed(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<Claimed>> {
-    deliveries::table
+/// The deliveries `ids` with their events and subscriptions.
+pub fn load_leased(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<Leased>> {
+    let rows: Vec<(String, i32, EventRow, SubscriptionRow)> = deliveries::table
         .inner_join(events::table)
         .inner_join(subscriptions::table)
         .filter(deliveries::id.eq_any(ids))
         .select((
-            DeliveryRow::as_select(),
+            deliveries::id,
+            deliveries::attempts,
             EventRow::as_select(),
             SubscriptionRow::as_select(),
         ))
-        .load(conn)
+        .load(conn)?;
+    let mut events: HashMap<String, Arc<EventRow>> = HashMap::new();
+    let mut subscriptions: HashMap<String, Arc<SubscriptionRow>> = HashMap::new();
+    Ok(rows
+        .into_iter()
+        .map(|(delivery_id, attempts, event, subscription)| Leased {
+            delivery_id,
+            attempts,
+            event: events
+                .entry(event.id.clone())
+                .or_insert_with(|| Arc::new(event))
+                .clone(),
+            subscription: subscriptions
+                .entry(subscription.id.clone())
+                .or_insert_with(|| Arc::new(subscription))
+                .clone(),
+        })
+        .collect())
 }
 
 /// What one attempt changed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AttemptUpdate {
     pub status: &'static str,
     pub next_attempt_at: PrimitiveDateTime,
@@ -49,16 +82,48 @@ pub struct AttemptUpdate {
     pub delivered_at: Option<PrimitiveDateTime>,
 }
 
-/// Records the attempt and its effect, and releases the lease.
-pub fn record_attempt(
+/// What an attempt says about its subscription's endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A 2xx: the endpoint is healthy.
+    Delivered,
+    /// 410 Gone: disable the subscription.
+    Gone,
+    /// Anything else: the endpoint is failing.
+    Failed,
+}
+
+/// One finished attempt, to record.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub subscription_id: String,
+    /// When the answer (or the failure) came.
+    pub finished_at: PrimitiveDateTime,
+    pub attempt: AttemptRow,
+    pub update: AttemptUpdate,
+    pub verdict: Verdict,
+}
+
+/// Records finished attempts of `worker`: each attempt row, the delivery's
+/// new state, the lease released, and what the attempts say about their
+/// subscriptions. An outcome counts only while its delivery is still leased
+/// to `worker`: one whose lease passed to another worker is discarded
+/// (fencing). Returns, per outcome, whether it was recorded.
+pub fn record_outcomes(
     conn: &mut DbConnection,
-    attempt: &AttemptRow,
-    update: &AttemptUpdate,
-) -> QueryResult<()> {
-    diesel::insert_into(delivery_attempts::table)
-        .values(attempt)
-        .execute(conn)?;
-    diesel::update(deliveries::table.find(&attempt.delivery_id))
+    worker: &str,
+    outcomes: &[AttemptOutcome],
+    disable_after: Duration,
+) -> QueryResult<Vec<bool>> {
+    let mut recorded = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        let (attempt, update) = (&outcome.attempt, &outcome.update);
+        let updated = diesel::update(
+            deliveries::table
+                .find(&attempt.delivery_id)
+                .filter(deliveries::locked_by.eq(worker))
+                .filter(deliveries::status.eq(PENDING)),
+        )
         .set((
             deliveries::status.eq(update.status),
             deliveries::attempts.eq(attempt.number),
@@ -69,22 +134,28 @@ pub fn record_attempt(
             deliveries::locked_until.eq(None::<PrimitiveDateTime>),
             deliveries::locked_by.eq(None::<String>),
         ))
-        .execute(conn)
-        .map(drop)
-}
-
-/// Gives up leases without an attempt (shutdown): due again at once.
-pub fn release(conn: &mut DbConnection, ids: &[String], worker: &str) -> QueryResult<usize> {
-    diesel::update(
-        deliveries::table
-            .filter(deliveries::id.eq_any(ids))
-            .filter(deliveries::locked_by.eq(worker)),
-    )
-    .set((
-        deliveries::locked_until.eq(None::<PrimitiveDateTime>),
-        deliveries::locked_by.eq(None::<String>),
-    ))
-    .execute(conn)
+        .execute(conn)?;
+        recorded.push(updated == 1);
+    }
+    let kept: Vec<&AttemptOutcome> = outcomes
+        .iter()
+        .zip(&recorded)
+        .filter_map(|(outcome, recorded)| recorded.then_some(outcome))
+        .collect();
+    let attempts: Vec<AttemptRow> = kept.iter().map(|o| o.attempt.clone()).collect();
+    for chunk in attempts.chunks(INSERT_CHUNK) {
+        per_backend!(&mut *conn, |c| diesel::insert_into(
+            delivery_attempts::table
+        )
+        .values(chunk)
+        .execute(c)?);
+    }
+    let verdicts: Vec<(&str, Verdict, PrimitiveDateTime)> = kept
+        .iter()
+        .map(|o| (o.subscription_id.as_str(), o.verdict, o.finished_at))
+        .collect();
+    super::subscriptions::apply_verdicts(conn, &verdicts, disable_after)?;
+    Ok(recorded)
 }
 
 /// A delivery, if it belongs to a subscription of `owner`.
@@ -145,36 +216,43 @@ pub fn retry_now(conn: &mut DbConnection, id: &str, now: PrimitiveDateTime) -> Q
         .map(drop)
 }
 
-/// Records that `owner` fetched `resource_id`: every delivered, not yet
-/// fetched delivery of an event about it, to a subscription of `owner`.
-/// Reads first and writes only if there is something to mark, so the
-/// usual fetch stays read-only.
-pub fn mark_fetched(
-    conn: &mut DbConnection,
-    resource_id: &str,
-    owner: &str,
-    at: PrimitiveDateTime,
-) -> QueryResult<usize> {
-    let unfetched = |conn: &mut DbConnection| -> QueryResult<Vec<String>> {
-        deliveries::table
-            .inner_join(events::table)
-            .inner_join(subscriptions::table)
-            .filter(events::resource_id.eq(resource_id))
-            .filter(subscriptions::owner_client_id.eq(owner))
-            .filter(deliveries::status.eq(DELIVERED))
-            .filter(deliveries::fetched_at.is_null())
-            .select(deliveries::id)
-            .load(conn)
-    };
-    let ids = unfetched(conn)?;
-    if ids.is_empty() {
-        return Ok(0);
+/// A fetch of a resource by a client, to record on its deliveries.
+#[derive(Debug, Clone)]
+pub struct FetchMark {
+    pub resource_id: String,
+    pub owner: String,
+    pub at: PrimitiveDateTime,
+}
+
+/// Records fetches: every not yet fetched delivery of an event about the
+/// resource, to a subscription of the fetching client, gets `fetched_at`.
+/// Whatever the delivery's state: receivers usually fetch *before* they
+/// answer the webhook, so the fetch arrives while the attempt that announced
+/// it is still being recorded.
+pub fn mark_fetched_all(conn: &mut DbConnection, marks: &[FetchMark]) -> QueryResult<usize> {
+    let mut first: HashMap<(&str, &str), PrimitiveDateTime> = HashMap::new();
+    for mark in marks {
+        first
+            .entry((&mark.resource_id, &mark.owner))
+            .and_modify(|at| *at = (*at).min(mark.at))
+            .or_insert(mark.at);
     }
-    diesel::update(
-        deliveries::table
-            .filter(deliveries::id.eq_any(&ids))
-            .filter(deliveries::fetched_at.is_null()),
-    )
-    .set(deliveries::fetched_at.eq(at))
-    .execute(conn)
+    let mut marked = 0;
+    for ((resource_id, owner), at) in first {
+        let about = events::table
+            .filter(events::resource_id.eq(resource_id))
+            .select(events::id);
+        let owned = subscriptions::table
+            .filter(subscriptions::owner_client_id.eq(owner))
+            .select(subscriptions::id);
+        marked += diesel::update(
+            deliveries::table
+                .filter(deliveries::event_id.eq_any(about))
+                .filter(deliveries::subscription_id.eq_any(owned))
+                .filter(deliveries::fetched_at.is_null()),
+        )
+        .set(deliveries::fetched_at.eq(at))
+        .execute(conn)?;
+    }
+    Ok(marked)
 }

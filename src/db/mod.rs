@@ -3,19 +3,36 @@
 //! [`DbConnection`] is a diesel `MultiConnection` over both backends; the
 //! repository modules ([`messages`]) take a `&mut DbConnection` so that
 //! callers can compose them inside one transaction. Whatever differs between
-//! the backends — connection set-up, migrations, and later the queue claim —
-//! stays in this module and matches on the variant; nothing above it knows
-//! which database it runs on.
+//! the backends — connection set-up, migrations, the queue claim, liveness —
+//! stays in this module (and [`queue`], [`presence`]) and matches on the
+//! variant; nothing above it knows which database it runs on.
+//!
+//! Reads go through the [`Database`] pool. Writes go through the process's
+//! one [`writer::Writer`], which groups them into few transactions.
+
+/// Runs `$body` with `$c` bound to the backend's own connection, for what
+/// diesel cannot do through a `MultiConnection` (multi-row inserts).
+macro_rules! per_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
 
 pub mod clients;
 pub mod deliveries;
 pub mod events;
 pub mod messages;
 pub mod models;
+pub mod outbox;
+pub mod presence;
 pub mod queue;
 pub mod schema;
 pub mod signing_keys;
 pub mod subscriptions;
+pub mod writer;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,7 +40,7 @@ use std::time::Duration;
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{Pool, PooledConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::config::DatabaseSettings;
@@ -141,42 +158,22 @@ pub struct Connector {
     url: DatabaseUrl,
 }
 
-impl diesel::r2d2::ManageConnection for Connector {
-    type Connection = DbConnection;
-    type Error = diesel::r2d2::Error;
-
-    fn connect(&self) -> Result<DbConnection, Self::Error> {
-        let connection = match &self.url {
-            DatabaseUrl::Postgres(url) => DbConnection::Postgres(PgConnection::establish(url)?),
-            DatabaseUrl::Sqlite(path) => {
+impl DatabaseUrl {
+    /// Opens a connection with the per-connection settings of its backend.
+    pub fn establish(&self) -> Result<DbConnection, diesel::r2d2::Error> {
+        let mut connection = match self {
+            Self::Postgres(url) => DbConnection::Postgres(PgConnection::establish(url)?),
+            Self::Sqlite(path) => {
                 let path = path.to_str().ok_or_else(|| {
                     diesel::ConnectionError::BadConnection("path is not UTF-8".into())
                 })?;
                 DbConnection::Sqlite(SqliteConnection::establish(path)?)
             }
         };
-        Ok(connection)
-    }
-
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
-        conn.batch_execute("SELECT 1")
-            .map_err(diesel::r2d2::Error::QueryError)
-    }
-
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
-    }
-}
-
-/// Per-connection SQLite settings; they do not persist in the file.
-#[derive(Debug)]
-struct SqlitePragmas;
-
-impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
-    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
-        if let DbConnection::Sqlite(conn) = conn {
+        if let DbConnection::Sqlite(conn) = &mut connection {
             // WAL lets readers run beside the one writer; the busy timeout makes
-            // a second writer wait for the lock instead of failing at once.
+            // a writer in another process (the CLI) wait for the lock instead
+            // of failing at once.
             conn.batch_execute(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
@@ -185,7 +182,26 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqlitePragmas {
             )
             .map_err(diesel::r2d2::Error::QueryError)?;
         }
-        Ok(())
+        Ok(connection)
+    }
+}
+
+impl diesel::r2d2::ManageConnection for Connector {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        self.url.establish()
+    }
+
+    /// Only used when the pool checks idle connections, never on checkout.
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.batch_execute("SELECT 1")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
     }
 }
 
@@ -209,6 +225,15 @@ pub enum DbError {
     Query(#[from] diesel::result::Error),
     #[error("database task panicked or was cancelled")]
     Task(#[source] tokio::task::JoinError),
+    /// The writer's queue is full: the caller should come back shortly.
+    #[error("too many writes are waiting")]
+    Overloaded,
+    /// The writer could not write its batch (the database is unreachable,
+    /// or the commit failed); nothing of the command was kept.
+    #[error("the write could not be committed: {0}")]
+    NotCommitted(String),
+    #[error("the writer has stopped")]
+    WriterStopped,
 }
 
 impl Database {
@@ -219,8 +244,10 @@ impl Database {
         let pool = Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(1))
+            // A broken connection shows as a failed query; a `SELECT 1` on
+            // every checkout would cost every request a round trip.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(settings.acquire_timeout_secs))
-            .connection_customizer(Box::new(SqlitePragmas))
             .build(Connector { url: url.clone() })
             .with_context(|| format!("cannot connect to the {backend:?} database"))?;
         Ok(Self { pool, backend, url })
@@ -228,6 +255,10 @@ impl Database {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
     }
 
     /// The connection URL when the backend is PostgreSQL.

@@ -1,5 +1,7 @@
 //! Rows as stored. Ids are kept as the strings the domain types produced;
-//! timestamps are UTC.
+//! timestamps are UTC. Insertable rows write `None` as NULL
+//! (`treat_none_as_default_value = false`), which lets them be inserted many
+//! per statement on SQLite too.
 
 use diesel::prelude::*;
 use time::PrimitiveDateTime;
@@ -9,7 +11,7 @@ use super::schema::{
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = messages)]
+#[diesel(table_name = messages, treat_none_as_default_value = false)]
 pub struct MessageRow {
     pub id: String,
     pub text: String,
@@ -20,7 +22,7 @@ pub struct MessageRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = comments)]
+#[diesel(table_name = comments, treat_none_as_default_value = false)]
 pub struct CommentRow {
     pub id: String,
     pub message_id: String,
@@ -72,7 +74,7 @@ impl std::fmt::Debug for SigningKeyRow {
 }
 
 #[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = subscriptions, treat_none_as_null = true)]
+#[diesel(table_name = subscriptions, treat_none_as_null = true, treat_none_as_default_value = false)]
 pub struct SubscriptionRow {
     pub id: String,
     pub owner_client_id: String,
@@ -110,7 +112,7 @@ impl std::fmt::Debug for SubscriptionRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = events)]
+#[diesel(table_name = events, treat_none_as_default_value = false)]
 pub struct EventRow {
     pub id: String,
     pub event_type: String,
@@ -120,12 +122,13 @@ pub struct EventRow {
     pub message_id: String,
     pub sequence: i64,
     pub created_at: PrimitiveDateTime,
-    /// Place in the event feed; set as the last step of the recording transaction.
+    /// Place in the event feed, taken from the feed counter as the last step
+    /// of the recording transaction.
     pub feed_position: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = deliveries)]
+#[diesel(table_name = deliveries, treat_none_as_default_value = false)]
 pub struct DeliveryRow {
     pub id: String,
     pub event_id: String,
@@ -143,7 +146,7 @@ pub struct DeliveryRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = delivery_attempts)]
+#[diesel(table_name = delivery_attempts, treat_none_as_default_value = false)]
 pub struct AttemptRow {
     pub delivery_id: String,
     pub number: i32,

@@ -1,114 +1,481 @@
-//! The delivery queue's backend-specific SQL: claiming due deliveries under a
-//! lease, and waking dispatchers in other processes.
+//! The delivery queue: leases, claims, hand-off and liveness, with the SQL
+//! that differs between the backends.
 //!
-//! A claim takes up to `batch` due, unleased deliveries of enabled
-//! subscriptions, oldest first, but never more per subscription than
-//! `per_subscription` minus the leases that subscription already has — so
-//! one slow endpoint cannot fill the batch. Expired leases count as free.
-//! Only the scan's first `scan` due rows are considered, which keeps a claim
-//! cheap under a large backlog.
+//! A delivery is *leased* to one worker (`locked_by`, `locked_until`) while
+//! that worker is to attempt it; an outcome is recorded only while the lease
+//! is still that worker's (fencing, in [`super::deliveries`]). Live workers
+//! renew their leases while work waits. A worker's leases come two ways:
+//!
+//! - at creation: a dispatching process leases the deliveries it creates to
+//!   itself in the same transaction and hands them to its dispatcher at
+//!   commit ([`Handoff`]), so the common path needs no claim;
+//! - by [`claim`]: for backlog, retries and deliveries of other processes,
+//!   taken round robin across subscriptions, so one huge or slow subscription
+//!   never starves the others.
+//!
+//! Leases count against a subscription's bound: a claim takes for a
+//! subscription at most the bound minus the live leases it already has, from
+//! any worker. A worker that is a subscription's *only* holder may lease more
+//! of its new deliveries at creation (it runs at most the bound at once), and
+//! then nobody else claims that subscription until it has drained. So the
+//! deliveries of one subscription in flight across all processes stay within
+//! the bound. On PostgreSQL the batches of dispatching processes take
+//! [`QUEUE_LOCK`] first, so claims and leases at creation never race.
+//!
+//! A dead worker's leases are taken back at once, not when they expire: on
+//! SQLite the one dispatching process releases every lease when it starts; on
+//! PostgreSQL each worker holds a session advisory lock while it lives
+//! ([`super::presence`]), and [`reap`] frees the leases of workers whose lock
+//! can be taken.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::dsl::count_star;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text, Timestamp};
+use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
 use time::PrimitiveDateTime;
+use tokio::sync::{Notify, mpsc};
 
 use super::DbConnection;
+use super::deliveries::{self, Leased, PENDING};
+use super::schema::{deliveries as d, workers};
+use crate::clock::SharedClock;
 
 /// The `LISTEN`/`NOTIFY` channel that announces new deliveries.
 pub const CHANNEL: &str = "thinhook_deliveries";
 
+/// Advisory lock (two-key form) that serializes the write batches of
+/// dispatching processes on PostgreSQL. Workers' own liveness locks use the
+/// one-key form, a separate key space.
+const QUEUE_LOCK: (i32, i32) = (0x7468_6e68, 1); // "thnh"
+
+/// Begins the writer's transaction. SQLite: `BEGIN IMMEDIATE`, taking the
+/// write lock up front. PostgreSQL: when `serialize`, also the queue lock, in
+/// the same round trip.
+pub fn begin(conn: &mut DbConnection, serialize: bool) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(conn) => {
+            AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE")
+        }
+        DbConnection::Postgres(conn) if serialize => {
+            let (class, key) = QUEUE_LOCK;
+            AnsiTransactionManager::begin_transaction_sql(
+                conn,
+                &format!("BEGIN; SELECT pg_advisory_xact_lock({class}, {key})"),
+            )
+        }
+        DbConnection::Postgres(conn) => AnsiTransactionManager::begin_transaction(conn),
+    }
+}
+
+/// Commits what [`begin`] began; rolls back if the commit fails.
+pub fn commit(conn: &mut DbConnection) -> QueryResult<()> {
+    fn commit_or_roll_back<C>(conn: &mut C) -> QueryResult<()>
+    where
+        C: Connection<TransactionManager = AnsiTransactionManager>,
+    {
+        AnsiTransactionManager::commit_transaction(conn).inspect_err(|_| {
+            let _ = AnsiTransactionManager::rollback_transaction(conn);
+        })
+    }
+    match conn {
+        DbConnection::Sqlite(conn) => commit_or_roll_back(conn),
+        DbConnection::Postgres(conn) => commit_or_roll_back(conn),
+    }
+}
+
+/// How many deliveries a process holds in memory (queued, in flight, or
+/// waiting to be recorded): a soft bound shared by the writer, which leases
+/// at creation, and the dispatcher, which claims.
+#[derive(Debug)]
+pub struct Capacity {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl Capacity {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn free(&self) -> usize {
+        self.limit.saturating_sub(self.held.load(Ordering::Relaxed))
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn take(&self, n: usize) {
+        self.held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn give_back(&self, n: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(n))
+            });
+    }
+}
+
+/// How the writer passes the deliveries it leased at creation to this
+/// process's dispatcher.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// The dispatcher's worker id, which its leases carry.
+    pub worker: String,
+    pub lease: Duration,
+    pub clock: SharedClock,
+    pub per_subscription: i64,
+    pub capacity: Arc<Capacity>,
+    pub sender: mpsc::UnboundedSender<Vec<Leased>>,
+    /// Wakes the dispatcher to claim what could not be leased at creation.
+    pub wake: Arc<Notify>,
+}
+
+impl Handoff {
+    /// Gives committed, leased deliveries to the dispatcher.
+    pub fn deliver(&self, leased: Vec<Leased>) {
+        if leased.is_empty() {
+            return;
+        }
+        self.capacity.take(leased.len());
+        if let Err(returned) = self.sender.send(leased) {
+            // The dispatcher has stopped; its leases are released when it
+            // stops, or taken back when the next one starts.
+            self.capacity.give_back(returned.0.len());
+        }
+    }
+}
+
+/// Live leases per subscription: `(this worker's, everyone else's)`.
+pub fn lease_counts(
+    conn: &mut DbConnection,
+    subscription_ids: &[&str],
+    worker: &str,
+    now: PrimitiveDateTime,
+) -> QueryResult<HashMap<String, (i64, i64)>> {
+    let rows: Vec<(String, Option<String>, i64)> = d::table
+        .filter(d::subscription_id.eq_any(subscription_ids))
+        .filter(d::locked_until.is_not_null())
+        .filter(d::locked_until.gt(now))
+        .filter(d::status.eq(PENDING))
+        .group_by((d::subscription_id, d::locked_by))
+        .select((d::subscription_id, d::locked_by, count_star()))
+        .load(conn)?;
+    let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
+    for (subscription, holder, n) in rows {
+        let entry = counts.entry(subscription).or_default();
+        if holder.as_deref() == Some(worker) {
+            entry.0 += n;
+        } else {
+            entry.1 += n;
+        }
+    }
+    Ok(counts)
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimLimits {
+    /// Deliveries claimed at most.
     pub batch: i64,
+    /// Live leases a subscription may have, from all workers together.
     pub per_subscription: i64,
-    pub scan: i64,
+    /// Subscriptions visited per pass; the cursor carries on from there.
+    pub window: i64,
+}
+
+/// What a claim took, and where the next one starts.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub leased: Vec<Leased>,
+    /// The subscription id after which the next claim starts (round robin).
+    pub cursor: String,
 }
 
 #[derive(QueryableByName)]
-struct Claimed {
+struct Candidate {
     #[diesel(sql_type = Text)]
     id: String,
+    #[diesel(sql_type = Text)]
+    subscription_id: String,
+    /// Leases the subscription may still take.
+    #[diesel(sql_type = BigInt)]
+    room: i64,
 }
 
-/// The claim, for both backends. `{lock}` is where PostgreSQL locks the
-/// scanned rows with `FOR UPDATE SKIP LOCKED`: concurrent dispatchers then
-/// scan *different* rows instead of racing for the same head of the queue,
-/// and a row another dispatcher leased meanwhile is re-checked and dropped.
-/// Placeholders: lease end, worker, now, scan, per subscription, batch.
-const CLAIM: &str = "
-    WITH scan AS MATERIALIZED (
-        SELECT d.id, d.subscription_id, d.next_attempt_at
-        FROM deliveries d
-        WHERE d.status = 'pending' AND d.next_attempt_at <= {now}
-          AND (d.locked_until IS NULL OR d.locked_until <= {now})
-          AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id AND s.enabled = 1)
-        ORDER BY d.next_attempt_at, d.id
-        LIMIT {scan}
-        {lock}
-    ),
-    ranked AS (
-        SELECT id, subscription_id, next_attempt_at,
-               ROW_NUMBER() OVER (PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rn
-        FROM scan
-    ),
-    leased AS (
+#[derive(QueryableByName)]
+struct WindowEnd {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    id: Option<String>,
+}
+
+/// Higher than every id (ids are ASCII letters, digits and `_`).
+const END: &str = "~";
+
+/// Due deliveries of the enabled subscriptions in `(after, upto]`, oldest
+/// first per subscription, as many per subscription as its room allows.
+/// Placeholders: now, after, upto, per subscription, batch.
+const CANDIDATES: &str = "
+    WITH held AS (
         SELECT subscription_id, COUNT(*) AS n FROM deliveries
-        WHERE locked_until > {now} AND status = 'pending'
+        WHERE locked_until IS NOT NULL AND locked_until > {now} AND status = 'pending'
         GROUP BY subscription_id
     ),
-    chosen AS (
-        SELECT r.id FROM ranked r
-        LEFT JOIN leased ON leased.subscription_id = r.subscription_id
-        WHERE r.rn <= {per_subscription} - COALESCE(leased.n, 0)
-        ORDER BY r.next_attempt_at, r.id
-        LIMIT {batch}
+    subs AS (
+        SELECT s.id, {per_subscription} - COALESCE(held.n, 0) AS room
+        FROM subscriptions s LEFT JOIN held ON held.subscription_id = s.id
+        WHERE s.enabled = 1 AND s.id > {after} AND s.id <= {upto}
+          AND COALESCE(held.n, 0) < {per_subscription}
     )
-    UPDATE deliveries SET locked_until = {lease_end}, locked_by = {worker}
-    WHERE id IN (SELECT id FROM chosen)
-    RETURNING id";
+    SELECT d.id, subs.id AS subscription_id, subs.room FROM subs {join}
+    ORDER BY subs.id, d.next_attempt_at, d.id
+    LIMIT {batch}";
 
-fn claim_sql(placeholder: impl Fn(usize) -> String, lock: &str) -> String {
-    CLAIM
-        .replace("{lease_end}", &placeholder(1))
-        .replace("{worker}", &placeholder(2))
-        .replace("{now}", &placeholder(3))
-        .replace("{scan}", &placeholder(4))
-        .replace("{per_subscription}", &placeholder(5))
-        .replace("{batch}", &placeholder(6))
-        .replace("{lock}", lock)
+/// PostgreSQL: a lateral subquery per subscription, locking what it takes so
+/// that concurrent claims scan different rows.
+const JOIN_POSTGRES: &str = "CROSS JOIN LATERAL (
+        SELECT d.id, d.next_attempt_at FROM deliveries d
+        WHERE d.subscription_id = subs.id AND d.status = 'pending' AND d.next_attempt_at <= {now}
+          AND (d.locked_until IS NULL OR d.locked_until <= {now})
+        ORDER BY d.next_attempt_at, d.id
+        LIMIT subs.room
+        FOR UPDATE OF d SKIP LOCKED
+    ) d";
+
+/// SQLite: a correlated subquery per subscription (its `LIMIT` cannot name
+/// the room, which is applied afterwards); one writer, so no locking.
+const JOIN_SQLITE: &str = "JOIN deliveries d ON d.id IN (
+        SELECT d2.id FROM deliveries d2
+        WHERE d2.subscription_id = subs.id AND d2.status = 'pending' AND d2.next_attempt_at <= {now}
+          AND (d2.locked_until IS NULL OR d2.locked_until <= {now})
+        ORDER BY d2.next_attempt_at, d2.id
+        LIMIT {per_subscription}
+    )";
+
+fn candidates_sql(placeholder: impl Fn(usize) -> String, join: &str) -> String {
+    CANDIDATES
+        .replace("{join}", join)
+        .replace("{now}", &placeholder(1))
+        .replace("{after}", &placeholder(2))
+        .replace("{upto}", &placeholder(3))
+        .replace("{per_subscription}", &placeholder(4))
+        .replace("{batch}", &placeholder(5))
 }
 
-/// Leases due deliveries to `worker` until `locked_until`; returns their ids.
+/// The id of the `window`-th enabled subscription after `after`, or [`END`].
+fn window_end(conn: &mut DbConnection, after: &str, window: i64) -> QueryResult<String> {
+    const SQL: &str = "SELECT (SELECT id FROM subscriptions WHERE enabled = 1 AND id > {after}
+                       ORDER BY id LIMIT 1 OFFSET {skip}) AS id";
+    macro_rules! run {
+        ($conn:expr, $placeholder:expr) => {
+            diesel::sql_query(
+                SQL.replace("{after}", &$placeholder(1))
+                    .replace("{skip}", &$placeholder(2)),
+            )
+            .bind::<Text, _>(after)
+            .bind::<BigInt, _>(window - 1)
+            .get_result::<WindowEnd>($conn)?
+        };
+    }
+    let end = match conn {
+        DbConnection::Sqlite(conn) => run!(conn, |n| format!("?{n}")),
+        DbConnection::Postgres(conn) => run!(conn, |n| format!("${n}")),
+    };
+    Ok(end.id.unwrap_or_else(|| END.to_owned()))
+}
+
+fn candidates(
+    conn: &mut DbConnection,
+    now: PrimitiveDateTime,
+    (after, upto): (&str, &str),
+    limits: ClaimLimits,
+) -> QueryResult<Vec<Candidate>> {
+    macro_rules! run {
+        ($conn:expr, $sql:expr) => {
+            diesel::sql_query($sql)
+                .bind::<Timestamp, _>(now)
+                .bind::<Text, _>(after)
+                .bind::<Text, _>(upto)
+                .bind::<BigInt, _>(limits.per_subscription)
+                .bind::<BigInt, _>(limits.batch)
+                .load::<Candidate>($conn)?
+        };
+    }
+    let mut rows = match conn {
+        DbConnection::Sqlite(conn) => {
+            let placeholder = |n| format!("?{n}");
+            let join = JOIN_SQLITE
+                .replace("{now}", &placeholder(1))
+                .replace("{per_subscription}", &placeholder(4));
+            run!(conn, candidates_sql(placeholder, &join))
+        }
+        DbConnection::Postgres(conn) => {
+            let placeholder = |n| format!("${n}");
+            let join = JOIN_POSTGRES.replace("{now}", &placeholder(1));
+            run!(conn, candidates_sql(placeholder, &join))
+        }
+    };
+    // Keep within each subscription's room (SQLite could not say it in SQL).
+    let mut taken: HashMap<String, i64> = HashMap::new();
+    rows.retain(|row| {
+        let n = taken.entry(row.subscription_id.clone()).or_default();
+        *n += 1;
+        *n <= row.room
+    });
+    Ok(rows)
+}
+
+/// Leases up to `limits.batch` due deliveries to `worker` until
+/// `locked_until`, visiting the subscriptions round robin: from `cursor` to
+/// the end, then from the beginning back to `cursor`, a window at a time.
 pub fn claim(
     conn: &mut DbConnection,
     worker: &str,
     now: PrimitiveDateTime,
     locked_until: PrimitiveDateTime,
     limits: ClaimLimits,
-) -> QueryResult<Vec<String>> {
-    macro_rules! run {
-        ($conn:expr, $sql:expr) => {
-            diesel::sql_query($sql)
-                .bind::<Timestamp, _>(locked_until)
-                .bind::<Text, _>(worker)
-                .bind::<Timestamp, _>(now)
-                .bind::<BigInt, _>(limits.scan)
-                .bind::<BigInt, _>(limits.per_subscription)
-                .bind::<BigInt, _>(limits.batch)
-                .load::<Claimed>($conn)?
+    cursor: &str,
+) -> QueryResult<Claim> {
+    let batch = usize::try_from(limits.batch).unwrap_or(0);
+    let mut rows = Vec::new();
+    let mut after = cursor.to_owned();
+    let mut wrapped = false;
+    let next = loop {
+        let mut upto = window_end(conn, &after, limits.window)?;
+        if wrapped && (upto == END || upto.as_str() >= cursor) {
+            upto = cursor.to_owned();
+        }
+        let remaining = ClaimLimits {
+            batch: (batch - rows.len()) as i64,
+            ..limits
         };
-    }
-    let rows = match conn {
-        // One writer at a time: the statement is atomic as it stands.
-        DbConnection::Sqlite(conn) => run!(conn, claim_sql(|n| format!("?{n}"), "")),
-        DbConnection::Postgres(conn) => {
-            run!(
-                conn,
-                claim_sql(|n| format!("${n}"), "FOR UPDATE OF d SKIP LOCKED")
-            )
+        rows.extend(candidates(conn, now, (&after, &upto), remaining)?);
+        if rows.len() >= batch {
+            // The next claim starts after the last subscription served.
+            break rows
+                .last()
+                .map(|row: &Candidate| row.subscription_id.clone())
+                .unwrap_or_default();
+        }
+        if wrapped && upto == cursor {
+            break String::new();
+        }
+        if upto == END {
+            if cursor.is_empty() {
+                break String::new();
+            }
+            wrapped = true;
+            after.clear();
+        } else {
+            after = upto;
         }
     };
-    Ok(rows.into_iter().map(|row| row.id).collect())
+    let ids: Vec<String> = rows.into_iter().map(|row| row.id).collect();
+    if ids.is_empty() {
+        return Ok(Claim {
+            leased: Vec::new(),
+            cursor: next,
+        });
+    }
+    diesel::update(d::table.filter(d::id.eq_any(&ids)))
+        .set((d::locked_until.eq(locked_until), d::locked_by.eq(worker)))
+        .execute(conn)?;
+    Ok(Claim {
+        leased: deliveries::load_leased(conn, &ids)?,
+        cursor: next,
+    })
+}
+
+/// Extends every lease `worker` holds; returns how many.
+pub fn renew(
+    conn: &mut DbConnection,
+    worker: &str,
+    locked_until: PrimitiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        d::table
+            .filter(d::locked_until.is_not_null())
+            .filter(d::locked_by.eq(worker))
+            .filter(d::status.eq(PENDING)),
+    )
+    .set(d::locked_until.eq(locked_until))
+    .execute(conn)
+}
+
+/// Gives up `worker`'s leases of `ids` without an attempt: due again at once.
+pub fn release(conn: &mut DbConnection, ids: &[String], worker: &str) -> QueryResult<usize> {
+    diesel::update(
+        d::table
+            .filter(d::id.eq_any(ids))
+            .filter(d::locked_by.eq(worker)),
+    )
+    .set((
+        d::locked_until.eq(None::<PrimitiveDateTime>),
+        d::locked_by.eq(None::<String>),
+    ))
+    .execute(conn)
+}
+
+/// Releases every lease of `worker`, or of everyone when `None`.
+pub fn release_all(conn: &mut DbConnection, worker: Option<&str>) -> QueryResult<usize> {
+    let unleased = (
+        d::locked_until.eq(None::<PrimitiveDateTime>),
+        d::locked_by.eq(None::<String>),
+    );
+    let leased = d::table.filter(d::locked_until.is_not_null());
+    match worker {
+        Some(worker) => diesel::update(leased.filter(d::locked_by.eq(worker)))
+            .set(unleased)
+            .execute(conn),
+        None => diesel::update(leased).set(unleased).execute(conn),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+/// PostgreSQL: frees the leases of every registered worker but `me` that is
+/// no longer alive (its liveness lock can be taken) and forgets it. Returns
+/// `(worker, leases released)` per dead worker.
+pub fn reap(conn: &mut DbConnection, me: &str) -> QueryResult<Vec<(String, usize)>> {
+    let DbConnection::Postgres(pg) = conn else {
+        return Ok(Vec::new());
+    };
+    let others: Vec<(String, i64)> = workers::table
+        .filter(workers::id.ne(me))
+        .select((workers::id, workers::lock_key))
+        .load(pg)?;
+    let mut dead = Vec::new();
+    for (worker, key) in others {
+        // Held by a live worker's session; free once that session ended. The
+        // transaction-scoped lock is given back at commit.
+        let free = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
+            .bind::<BigInt, _>(key)
+            .get_result::<Locked>(pg)?
+            .locked;
+        if free {
+            dead.push(worker);
+        }
+    }
+    let mut reaped = Vec::with_capacity(dead.len());
+    for worker in dead {
+        let released = release_all(conn, Some(&worker))?;
+        diesel::delete(workers::table.find(&worker)).execute(conn)?;
+        reaped.push((worker, released));
+    }
+    Ok(reaped)
 }
 
 /// Tells dispatchers in other processes that deliveries are waiting. Call
@@ -118,66 +485,7 @@ pub fn announce(conn: &mut DbConnection) -> QueryResult<()> {
         DbConnection::Postgres(conn) => diesel::sql_query(format!("NOTIFY {CHANNEL}"))
             .execute(conn)
             .map(drop),
-        // SQLite has one process; the in-process wake-up suffices.
+        // SQLite has one dispatching process, woken in process.
         DbConnection::Sqlite(_) => Ok(()),
-    }
-}
-
-/// Listens for [`CHANNEL`] on a connection of its own and wakes the local
-/// dispatcher on each notification, until `stop` turns true. Runs on a
-/// thread of its own: diesel's notification API is synchronous.
-pub fn spawn_listener(
-    url: String,
-    wake: std::sync::Arc<tokio::sync::Notify>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    use diesel::{Connection, PgConnection};
-
-    const IDLE: std::time::Duration = std::time::Duration::from_millis(20);
-    const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-    // Stop when told to, or when the application that could tell is gone.
-    let stopped = move || *stop.borrow() || stop.has_changed().is_err();
-    let spawned = std::thread::Builder::new()
-        .name("thinhook-listen".into())
-        .spawn(move || {
-            while !stopped() {
-                let mut conn = match PgConnection::establish(&url).and_then(|mut conn| {
-                    diesel::sql_query(format!("LISTEN {CHANNEL}"))
-                        .execute(&mut conn)
-                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-                    Ok(conn)
-                }) {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot LISTEN for new deliveries; polling only");
-                        std::thread::sleep(RETRY);
-                        continue;
-                    }
-                };
-                while !stopped() {
-                    let mut woken = false;
-                    let mut broken = false;
-                    for notification in conn.notifications_iter() {
-                        match notification {
-                            Ok(_) => woken = true,
-                            Err(error) => {
-                                tracing::warn!(%error, "LISTEN connection failed; reconnecting");
-                                broken = true;
-                                break;
-                            }
-                        }
-                    }
-                    if woken {
-                        wake.notify_one();
-                    }
-                    if broken {
-                        break;
-                    }
-                    std::thread::sleep(IDLE);
-                }
-            }
-        });
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "cannot start the LISTEN thread; polling only");
     }
 }

@@ -66,10 +66,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    feed_retention (id) {
+        id -> Integer,
+        pruned_through -> BigInt,
+    }
+}
+
+diesel::table! {
     feed_state (id) {
         id -> Integer,
         last_position -> BigInt,
-        pruned_through -> BigInt,
     }
 }
 
@@ -112,6 +118,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    workers (id) {
+        id -> Text,
+        lock_key -> BigInt,
+        started_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(comments -> messages (message_id));
 diesel::joinable!(deliveries -> events (event_id));
 diesel::joinable!(deliveries -> subscriptions (subscription_id));
@@ -123,8 +137,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     deliveries,
     delivery_attempts,
     events,
+    feed_retention,
     feed_state,
     messages,
     signing_keys,
     subscriptions,
+    workers,
 );

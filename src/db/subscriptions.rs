@@ -1,10 +1,14 @@
 //! Repository functions for webhook subscriptions. Reads and writes on
 //! behalf of a client are scoped to its own subscriptions.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use diesel::prelude::*;
 use time::PrimitiveDateTime;
 
 use super::DbConnection;
+use super::deliveries::Verdict;
 use super::models::SubscriptionRow;
 use super::schema::subscriptions;
 use crate::domain::{EventType, EventTypes};
@@ -65,40 +69,87 @@ pub fn delete_owned(conn: &mut DbConnection, id: &str, owner: &str) -> QueryResu
     .map(|deleted| deleted == 1)
 }
 
-/// Ids of the enabled subscriptions that want `event_type` on `message_id`.
+/// The enabled subscriptions that want `event_type` on any of `message_ids`
+/// (those without a message filter included), in id order.
 pub fn matching(
     conn: &mut DbConnection,
     event_type: EventType,
-    message_id: &str,
-) -> QueryResult<Vec<String>> {
+    message_ids: &[&str],
+) -> QueryResult<Vec<SubscriptionRow>> {
     subscriptions::table
         .filter(subscriptions::enabled.eq(1))
         .filter(subscriptions::event_types.like(EventTypes::stored_pattern(event_type)))
         .filter(
             subscriptions::message_id
                 .is_null()
-                .or(subscriptions::message_id.eq(message_id)),
+                .or(subscriptions::message_id.eq_any(message_ids)),
         )
-        .select(subscriptions::id)
+        .select(SubscriptionRow::as_select())
         .order(subscriptions::id.asc())
         .load(conn)
 }
 
-/// After a success: the subscription is healthy again.
-pub fn record_success(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
+/// Applies what attempts, in the order they finished, say about their
+/// subscriptions: a 2xx makes a subscription healthy, a failure starts its
+/// failing period (if none runs), and one failing for `disable_after`
+/// without a success, or answering 410, is disabled. Subscriptions that
+/// succeeded cost one statement together.
+pub fn apply_verdicts(
+    conn: &mut DbConnection,
+    verdicts: &[(&str, Verdict, PrimitiveDateTime)],
+    disable_after: Duration,
+) -> QueryResult<()> {
+    /// What a subscription's attempts in this batch said.
+    #[derive(Default)]
+    struct Health {
+        succeeded: bool,
+        /// Failures after the last success.
+        failures: Vec<(Verdict, PrimitiveDateTime)>,
+    }
+    let mut by_subscription: BTreeMap<&str, Health> = BTreeMap::new();
+    for &(id, verdict, at) in verdicts {
+        let health = by_subscription.entry(id).or_default();
+        if verdict == Verdict::Delivered {
+            health.succeeded = true;
+            health.failures.clear();
+        } else {
+            health.failures.push((verdict, at));
+        }
+    }
+    let succeeded: Vec<&str> = by_subscription
+        .iter()
+        .filter_map(|(id, health)| health.succeeded.then_some(*id))
+        .collect();
     diesel::update(
         subscriptions::table
-            .find(id)
+            .filter(subscriptions::id.eq_any(&succeeded))
             .filter(subscriptions::failing_since.is_not_null()),
     )
     .set(subscriptions::failing_since.eq(None::<PrimitiveDateTime>))
-    .execute(conn)
-    .map(drop)
+    .execute(conn)?;
+    let failing = by_subscription
+        .into_iter()
+        .filter(|(_, health)| !health.failures.is_empty());
+    for (id, Health { failures, .. }) in failing {
+        if let Some((_, at)) = failures.iter().find(|(v, _)| *v == Verdict::Gone) {
+            disable(conn, id, "the endpoint answered 410 Gone", *at)?;
+            continue;
+        }
+        let (first, last) = (failures[0].1, failures[failures.len() - 1].1);
+        let since = record_failure(conn, id, first)?;
+        if let Some(since) = since
+            && since.assume_utc() + disable_after <= last.assume_utc()
+        {
+            let reason = format!("failing without a success since {}", since.assume_utc());
+            disable(conn, id, &reason, last)?;
+        }
+    }
+    Ok(())
 }
 
 /// After a failure: starts the failing period if none is running; returns
 /// when it started.
-pub fn record_failure(
+fn record_failure(
     conn: &mut DbConnection,
     id: &str,
     at: PrimitiveDateTime,

@@ -1,63 +1,73 @@
-//! The dispatcher: claims due deliveries under a lease, makes each attempt
-//! with no database connection held, and records what happened.
+//! The dispatcher: keeps many attempts in flight, fairly across
+//! subscriptions, and records what happened in batches.
 //!
-//! It wakes when a delivery is queued (in-process, or through PostgreSQL
-//! `NOTIFY` from another process) and polls as a fallback. Concurrency is
-//! bounded for the whole process (a semaphore) and per subscription (in the
-//! claim itself). On shutdown it stops claiming, lets attempts in flight
-//! finish for a grace period, and releases the leases of the rest.
+//! Work arrives two ways: deliveries this process created, leased to it in
+//! their own transaction and handed over by the writer at commit (no claim
+//! query), and claims ([`queue::claim`]) for backlog, retries and deliveries
+//! of other processes. Deliveries wait in one queue per subscription; the
+//! subscriptions with work take turns (round robin), each with at most
+//! `per_subscription` attempts in flight, all of them with at most
+//! `max_in_flight`. Attempts run concurrently over the client's keep-alive
+//! connections; their outcomes are gathered and recorded through the writer
+//! a batch at a time, fenced by the lease ([`deliveries::record_outcomes`]).
+//! Leases are renewed while work waits.
+//!
+//! On shutdown it stops taking work, lets attempts in flight finish for a
+//! grace period, records them, and releases every lease it still holds.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
-use url::Url;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::{Id, JoinSet};
 
-use super::client::WebhookClient;
-use super::payload::ThinEvent;
-use super::retry::{self, Outcome, RetryPolicy};
-use super::signer;
+use super::attempt::Attempter;
 use crate::clock::{SharedClock, to_db};
-use crate::db::deliveries::{self, AttemptUpdate, Claimed};
-use crate::db::models::{AttemptRow, EventRow, SubscriptionRow};
-use crate::db::queue::{self, ClaimLimits};
-use crate::db::{Database, DbError, subscriptions};
-use crate::domain::{RequestId, SigningSecret};
-use crate::secret_box::SecretBox;
+use crate::db::deliveries::{AttemptOutcome, Leased};
+use crate::db::queue::{self, Capacity, Claim, ClaimLimits};
+use crate::db::writer::Writer;
+use crate::db::{Backend, DbError};
+use crate::domain::RequestId;
 
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
-    pub retry: RetryPolicy,
     pub lease: Duration,
+    /// Deliveries claimed at once.
     pub batch: u32,
     pub max_in_flight: u32,
     pub per_subscription: u32,
+    /// Subscriptions a claim visits per pass.
+    pub claim_window: u32,
     pub poll_interval: Duration,
     pub disable_after: Duration,
     /// How long shutdown waits for attempts in flight.
     pub shutdown_grace: Duration,
 }
 
-/// Wakes the dispatcher of this process; the API calls it after a commit.
+/// Wakes the dispatcher of this process: deliveries became due.
 pub type Wake = Arc<Notify>;
 
+/// Deliveries leased at creation, from the writer.
+pub type Handoffs = mpsc::UnboundedReceiver<Vec<Leased>>;
+
+/// How often a PostgreSQL worker looks for dead workers to take work from.
+const REAP_INTERVAL: Duration = Duration::from_secs(5);
+/// Wait before recording again after a failure.
+const RECORD_RETRY: Duration = Duration::from_millis(500);
+
 pub struct Dispatcher {
-    db: Database,
+    writer: Writer,
+    attempter: Attempter,
     clock: SharedClock,
-    client: WebhookClient,
-    secrets: Arc<SecretBox>,
-    public_base_url: String,
+    backend: Backend,
     settings: DispatchSettings,
     /// Names this process's leases.
     worker_id: String,
     wake: Wake,
-    permits: Arc<Semaphore>,
-    /// Deliveries leased and not yet recorded, to release on shutdown.
-    in_flight: Mutex<HashSet<String>>,
+    /// Deliveries held in memory, shared with the writer.
+    capacity: Arc<Capacity>,
+    handoffs: Mutex<Option<Handoffs>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -68,311 +78,559 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// What the dispatcher is made of.
+#[derive(Debug)]
+pub struct Parts {
+    pub writer: Writer,
+    pub attempter: Attempter,
+    pub backend: Backend,
+    pub settings: DispatchSettings,
+    pub worker_id: String,
+    pub wake: Wake,
+    pub capacity: Arc<Capacity>,
+    pub handoffs: Handoffs,
+}
+
+/// A new worker id: the process id and something random.
+pub fn new_worker_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        &RequestId::generate().as_str()[20..]
+    )
+}
+
+/// Work the dispatcher waits for besides attempts.
+enum Control {
+    Claimed(Result<Claim, DbError>),
+    Recorded(Vec<AttemptOutcome>, Result<Vec<bool>, DbError>),
+    /// Dead workers' leases were freed: there may be work to claim.
+    Reaped(usize),
+    Done,
+}
+
 impl Dispatcher {
-    pub fn new(
-        db: Database,
-        clock: SharedClock,
-        client: WebhookClient,
-        secrets: Arc<SecretBox>,
-        public_base_url: String,
-        settings: DispatchSettings,
-        wake: Wake,
-    ) -> Self {
-        let worker_id = format!(
-            "{}-{}",
-            std::process::id(),
-            &RequestId::generate().as_str()[20..]
-        );
+    pub fn new(parts: Parts) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
-            db,
-            clock,
-            client,
-            secrets,
-            public_base_url,
-            settings,
-            worker_id,
-            wake,
-            in_flight: Mutex::default(),
+            clock: parts.attempter.clock.clone(),
+            writer: parts.writer,
+            attempter: parts.attempter,
+            backend: parts.backend,
+            settings: parts.settings,
+            worker_id: parts.worker_id,
+            wake: parts.wake,
+            capacity: parts.capacity,
+            handoffs: Mutex::new(Some(parts.handoffs)),
         }
     }
 
-    pub fn client(&self) -> &WebhookClient {
-        &self.client
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    pub fn client(&self) -> &super::client::WebhookClient {
+        &self.attempter.client
     }
 
     /// Claims and attempts due deliveries until none is due; returns how many
     /// attempts were made. For tests and one-shot runs: the attempts of one
-    /// batch run concurrently, batches one after another.
+    /// claim run concurrently, claims one after another.
     pub async fn dispatch_all_pending(&self) -> Result<usize, DbError> {
         let mut attempted = 0;
+        let mut cursor = String::new();
         loop {
-            let claimed = self.claim(self.settings.batch).await?;
-            if claimed.is_empty() {
+            let claim = self.claim(self.settings.batch as usize, cursor).await?;
+            cursor = claim.cursor;
+            if claim.leased.is_empty() {
                 return Ok(attempted);
             }
-            attempted += claimed.len();
-            let attempts = claimed.into_iter().map(|c| self.attempt(c));
-            futures_util::future::join_all(attempts).await;
+            attempted += claim.leased.len();
+            let attempts = claim.leased.iter().map(|d| self.attempter.attempt(d));
+            let outcomes = futures_util::future::join_all(attempts).await;
+            self.writer
+                .record(&self.worker_id, outcomes, self.settings.disable_after)
+                .await?;
         }
     }
 
     /// Runs until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(mut handoffs) = self
+            .handoffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            tracing::error!("the dispatcher runs once");
+            return;
+        };
         tracing::info!(worker = self.worker_id, "dispatcher started");
-        let mut tasks = JoinSet::new();
+        self.take_back_leases().await;
+
+        let mut run = Run::new(&self.settings);
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        let mut reap = tokio::time::interval(REAP_INTERVAL);
+        for timer in [&mut poll, &mut renew, &mut reap] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        renew.reset();
+        reap.reset();
         loop {
-            self.fill(&mut tasks).await;
-            while tasks.try_join_next().is_some() {}
+            self.start_work(&mut run);
             tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(batch) = handoffs.recv() => run.queues.extend(batch),
+                Some(done) = run.attempts.join_next_with_id(), if !run.attempts.is_empty() => {
+                    run.finished(done);
+                }
+                Some(done) = run.control.join_next(), if !run.control.is_empty() => {
+                    if let Ok(control) = done {
+                        self.handle(&mut run, control);
+                    }
+                }
+                () = self.wake.notified() => run.claim_wanted = true,
+                _ = poll.tick() => run.claim_wanted = true,
+                _ = renew.tick() => {
+                    let (writer, worker) = (self.writer.clone(), self.worker_id.clone());
+                    let until = to_db(self.clock.now_utc() + self.settings.lease);
+                    run.control.spawn(async move {
+                        if let Err(error) = writer.run(move |conn| queue::renew(conn, &worker, until)).await {
+                            tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), "cannot renew leases");
+                        }
+                        Control::Done
+                    });
+                }
+                _ = reap.tick(), if self.backend == Backend::Postgres => {
+                    let this = self.clone();
+                    run.control.spawn(async move { Control::Reaped(this.reap().await) });
+                }
                 _ = stop.changed() => break,
             }
         }
-        let in_flight = tasks.len();
-        tracing::info!(
-            in_flight,
-            "dispatcher stopping; finishing attempts in flight"
-        );
-        let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-            self.release_in_flight().await;
-        }
+        drop(handoffs);
+        self.stop_gracefully(run).await;
         tracing::info!(worker = self.worker_id, "dispatcher stopped");
     }
 
-    /// Claims as many deliveries as there are free permits and starts them.
-    async fn fill(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
-        loop {
-            let free = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
-            let want = free.min(self.settings.batch);
-            if want == 0 {
-                return;
-            }
-            let claimed = match self.claim(want).await {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::error!(
+    /// Starts attempts, a record and a claim, as far as bounds allow.
+    fn start_work(self: &Arc<Self>, run: &mut Run) {
+        while let Some(delivery) = run.queues.next() {
+            let attempter = self.attempter.clone();
+            let task = delivery.clone();
+            let handle = run
+                .attempts
+                .spawn(async move { attempter.attempt(&task).await });
+            run.running.insert(handle.id(), delivery);
+        }
+        if !run.recording && !run.unrecorded.is_empty() {
+            run.recording = true;
+            let outcomes = std::mem::take(&mut run.unrecorded);
+            let this = self.clone();
+            run.control.spawn(async move {
+                let recorded = this
+                    .writer
+                    .record(
+                        &this.worker_id,
+                        outcomes.clone(),
+                        this.settings.disable_after,
+                    )
+                    .await;
+                if recorded.is_err() {
+                    tokio::time::sleep(RECORD_RETRY).await;
+                }
+                Control::Recorded(outcomes, recorded)
+            });
+        }
+        let want = self.capacity.free().min(self.settings.batch as usize);
+        if run.claim_wanted && !run.claiming && want > 0 {
+            run.claim_wanted = false;
+            run.claiming = true;
+            let this = self.clone();
+            let cursor = std::mem::take(&mut run.cursor);
+            run.control
+                .spawn(async move { Control::Claimed(this.claim(want, cursor).await) });
+        }
+    }
+
+    fn handle(&self, run: &mut Run, control: Control) {
+        match control {
+            Control::Claimed(claimed) => {
+                run.claiming = false;
+                match claimed {
+                    Ok(claim) => {
+                        // A full claim means more may be due at once.
+                        run.claim_wanted = claim.leased.len() >= self.settings.batch as usize;
+                        run.cursor = claim.cursor;
+                        self.capacity.take(claim.leased.len());
+                        run.queues.extend(claim.leased);
+                    }
+                    Err(error) => tracing::error!(
                         error = format!("{:#}", anyhow::Error::from(error)),
                         "cannot claim deliveries"
-                    );
-                    return;
+                    ),
                 }
-            };
-            if claimed.is_empty() {
-                return;
             }
-            for delivery in claimed {
-                let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let this = self.clone();
-                tasks.spawn(async move {
-                    this.attempt(delivery).await;
-                    drop(permit);
-                });
+            Control::Recorded(outcomes, recorded) => {
+                run.recording = false;
+                match recorded {
+                    Ok(recorded) => {
+                        for (outcome, _) in outcomes.iter().zip(recorded).filter(|(_, ok)| !ok) {
+                            tracing::warn!(
+                                delivery = outcome.attempt.delivery_id,
+                                "the lease passed to another worker; this attempt's outcome is discarded"
+                            );
+                        }
+                        self.capacity.give_back(outcomes.len());
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{:#}", anyhow::Error::from(error)),
+                            outcomes = outcomes.len(),
+                            "cannot record attempts; trying again"
+                        );
+                        run.unrecorded.splice(0..0, outcomes);
+                    }
+                }
             }
+            Control::Reaped(released) => run.claim_wanted |= released > 0,
+            Control::Done => {}
         }
     }
 
-    async fn claim(&self, want: u32) -> Result<Vec<Claimed>, DbError> {
+    async fn claim(&self, want: usize, cursor: String) -> Result<Claim, DbError> {
         let now = self.clock.now_utc();
-        let (worker, limits) = (
-            self.worker_id.clone(),
-            ClaimLimits {
-                batch: i64::from(want),
-                per_subscription: i64::from(self.settings.per_subscription),
-                scan: i64::from(want) * 10,
-            },
-        );
-        let lease_end = to_db(now + self.settings.lease);
-        let claimed = self
-            .db
-            .run(move |conn| {
-                let ids = queue::claim(conn, &worker, to_db(now), lease_end, limits)?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                deliveries::load_claimed(conn, &ids)
-            })
-            .await?;
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        in_flight.extend(claimed.iter().map(|(d, _, _)| d.id.clone()));
-        Ok(claimed)
+        let worker = self.worker_id.clone();
+        let limits = ClaimLimits {
+            batch: i64::try_from(want).unwrap_or(i64::MAX),
+            per_subscription: i64::from(self.settings.per_subscription),
+            window: i64::from(self.settings.claim_window),
+        };
+        let until = to_db(now + self.settings.lease);
+        self.writer
+            .run(move |conn| queue::claim(conn, &worker, to_db(now), until, limits, &cursor))
+            .await
     }
 
-    async fn release_in_flight(&self) {
-        let ids: Vec<String> = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        if ids.is_empty() {
-            return;
+    /// A starting dispatcher takes back the work of its dead predecessors at
+    /// once: on SQLite (one dispatching process) every lease; on PostgreSQL
+    /// those of workers whose liveness lock is free.
+    async fn take_back_leases(&self) {
+        let released = match self.backend {
+            Backend::Sqlite => self
+                .writer
+                .run(|conn| queue::release_all(conn, None))
+                .await
+                .map_err(|e| {
+                    tracing::error!(
+                        error = format!("{:#}", anyhow::Error::from(e)),
+                        "cannot release old leases"
+                    )
+                })
+                .unwrap_or(0),
+            Backend::Postgres => self.reap().await,
+        };
+        if released > 0 {
+            tracing::info!(released, "took back the leases of a stopped dispatcher");
         }
+    }
+
+    /// PostgreSQL: frees the leases of dead workers; returns how many.
+    async fn reap(&self) -> usize {
+        let me = self.worker_id.clone();
+        match self.writer.run(move |conn| queue::reap(conn, &me)).await {
+            Ok(reaped) => reaped
+                .into_iter()
+                .map(|(worker, released)| {
+                    tracing::info!(worker, released, "took back the leases of a dead worker");
+                    released
+                })
+                .sum(),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "cannot look for dead workers"
+                );
+                0
+            }
+        }
+    }
+
+    async fn stop_gracefully(&self, mut run: Run) {
+        run.queues.clear();
+        tracing::info!(
+            in_flight = run.attempts.len(),
+            "dispatcher stopping; finishing attempts in flight"
+        );
+        let grace = tokio::time::sleep(self.settings.shutdown_grace);
+        tokio::pin!(grace);
+        while !run.attempts.is_empty() || !run.control.is_empty() {
+            tokio::select! {
+                Some(done) = run.attempts.join_next_with_id() => run.finished(done),
+                Some(done) = run.control.join_next() => match done {
+                    Ok(Control::Recorded(outcomes, Ok(_))) => self.capacity.give_back(outcomes.len()),
+                    Ok(Control::Recorded(outcomes, Err(_))) => run.unrecorded.extend(outcomes),
+                    _ => {}
+                },
+                () = &mut grace => break,
+            }
+        }
+        run.attempts.abort_all();
+        while run.attempts.join_next().await.is_some() {}
+        if !run.unrecorded.is_empty() {
+            let outcomes = std::mem::take(&mut run.unrecorded);
+            if let Err(error) = self
+                .writer
+                .record(&self.worker_id, outcomes, self.settings.disable_after)
+                .await
+            {
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "cannot record the last attempts; they are made again"
+                );
+            }
+        }
+        // Whatever is still leased to this worker was not attempted, or not
+        // to the end: due again at once, for whoever comes next.
         let worker = self.worker_id.clone();
         match self
-            .db
-            .run(move |conn| deliveries::release(conn, &ids, &worker))
+            .writer
+            .run(move |conn| queue::release_all(conn, Some(&worker)))
             .await
         {
-            Ok(released) => tracing::info!(released, "released leases of unfinished attempts"),
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "released leases of unfinished work"),
             Err(error) => tracing::error!(
                 error = format!("{:#}", anyhow::Error::from(error)),
                 "cannot release leases; they expire by themselves"
             ),
         }
     }
+}
 
-    /// One attempt: sign, send, record.
-    async fn attempt(&self, (delivery, event, subscription): Claimed) {
-        let started = self.clock.now_utc();
-        let reply = match self.prepare(&event, &subscription, started) {
-            Ok((url, headers, body)) => self.client.post(&url, headers, body).await,
-            Err(error) => super::client::Reply {
-                error: Some(format!("config: {error:#}")),
-                ..Default::default()
-            },
-        };
-        let finished = self.clock.now_utc();
-        let retry_after = reply
-            .retry_after
-            .as_deref()
-            .and_then(|value| retry::parse_retry_after(value, finished));
-        let outcome = retry::classify(reply.status, retry_after);
-        let number = delivery.attempts + 1;
-        let next_delay = self.settings.retry.next_delay(
-            u32::try_from(number).unwrap_or(u32::MAX),
-            outcome,
-            retry::random_jitter(),
-        );
-        let update = AttemptUpdate {
-            status: match (outcome, next_delay) {
-                (Outcome::Delivered, _) => deliveries::DELIVERED,
-                (Outcome::Gone, _) | (_, None) => deliveries::FAILED,
-                (_, Some(_)) => deliveries::PENDING,
-            },
-            next_attempt_at: to_db(finished + next_delay.unwrap_or_default()),
-            last_status_code: reply.status.map(i32::from),
-            last_error: reply.error.clone(),
-            delivered_at: (outcome == Outcome::Delivered).then(|| to_db(finished)),
-        };
-        let attempt = AttemptRow {
-            delivery_id: delivery.id.clone(),
-            number,
-            started_at: to_db(started),
-            duration_ms: i64::try_from(reply.elapsed.as_millis()).unwrap_or(i64::MAX),
-            status_code: reply.status.map(i32::from),
-            error: reply.error.clone(),
-            response_excerpt: reply.excerpt.clone(),
-        };
-        tracing::info!(
-            delivery = delivery.id,
-            subscription = subscription.id,
-            event = event.id,
-            attempt = number,
-            status = reply.status,
-            error = reply.error,
-            outcome = ?outcome,
-            next = update.status,
-            "webhook attempt"
-        );
-        let disable_after = self.settings.disable_after;
-        let subscription_id = subscription.id.clone();
-        let recorded = self
-            .db
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    deliveries::record_attempt(conn, &attempt, &update)?;
-                    let now = to_db(finished);
-                    match outcome {
-                        Outcome::Delivered => subscriptions::record_success(conn, &subscription_id),
-                        Outcome::Gone => subscriptions::disable(
-                            conn,
-                            &subscription_id,
-                            "the endpoint answered 410 Gone",
-                            now,
-                        ),
-                        Outcome::RetryAfter(_) | Outcome::Failed => {
-                            let since = subscriptions::record_failure(conn, &subscription_id, now)?;
-                            match since {
-                                Some(since) if since.assume_utc() + disable_after <= finished => {
-                                    subscriptions::disable(
-                                        conn,
-                                        &subscription_id,
-                                        &format!(
-                                            "failing without a success since {}",
-                                            since.assume_utc()
-                                        ),
-                                        now,
-                                    )
-                                }
-                                _ => Ok(()),
-                            }
-                        }
-                    }
-                })
-            })
-            .await;
-        if let Err(error) = recorded {
-            // The lease expires and the delivery is attempted again: at least once.
-            tracing::error!(
-                delivery = delivery.id,
-                error = format!("{:#}", anyhow::Error::from(error)),
-                "cannot record a webhook attempt"
-            );
+/// The state of a running dispatcher, owned by its loop.
+struct Run {
+    queues: Queues,
+    attempts: JoinSet<AttemptOutcome>,
+    /// The delivery each running attempt is for.
+    running: HashMap<Id, Leased>,
+    control: JoinSet<Control>,
+    /// Finished attempts waiting to be recorded.
+    unrecorded: Vec<AttemptOutcome>,
+    recording: bool,
+    claiming: bool,
+    claim_wanted: bool,
+    /// Where the next claim starts (round robin across subscriptions).
+    cursor: String,
+}
+
+impl Run {
+    fn new(settings: &DispatchSettings) -> Self {
+        Self {
+            queues: Queues::new(settings.max_in_flight, settings.per_subscription),
+            attempts: JoinSet::new(),
+            running: HashMap::new(),
+            control: JoinSet::new(),
+            unrecorded: Vec::new(),
+            recording: false,
+            claiming: false,
+            claim_wanted: true,
+            cursor: String::new(),
         }
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&delivery.id);
     }
 
-    /// The request for one attempt: URL, signed headers, body.
-    fn prepare(
-        &self,
-        event: &EventRow,
-        subscription: &SubscriptionRow,
-        now: OffsetDateTime,
-    ) -> anyhow::Result<(Url, HeaderMap, Vec<u8>)> {
-        let url = Url::parse(&subscription.url)?;
-        let mut secrets = vec![self.open_secret(&subscription.secret, &subscription.id)?];
-        let previous_valid = subscription
-            .previous_secret_expires_at
-            .is_some_and(|until| until.assume_utc() > now);
-        if let (Some(previous), true) = (&subscription.previous_secret, previous_valid) {
-            secrets.push(self.open_secret(previous, &subscription.id)?);
+    fn finished(&mut self, done: Result<(Id, AttemptOutcome), tokio::task::JoinError>) {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some(delivery) = self.running.remove(&id) else {
+            return;
+        };
+        self.queues.finished(&delivery.subscription.id);
+        match done {
+            Ok((_, outcome)) => self.unrecorded.push(outcome),
+            // Cancelled at shutdown, or a bug: the lease is released when the
+            // dispatcher stops, or expires.
+            Err(error) if error.is_panic() => tracing::error!(
+                delivery = delivery.delivery_id,
+                "a webhook attempt panicked"
+            ),
+            Err(_) => {}
         }
-        let body = ThinEvent::new(event, &self.public_base_url).to_json();
-        let timestamp = now.unix_timestamp();
-        let signature = signer::signature_header(&secrets, &event.id, timestamp, &body);
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            HeaderName::from_static("webhook-id"),
-            HeaderValue::from_str(&event.id)?,
-        );
-        headers.insert(
-            HeaderName::from_static("webhook-timestamp"),
-            HeaderValue::from(timestamp),
-        );
-        headers.insert(
-            HeaderName::from_static("webhook-signature"),
-            HeaderValue::from_str(&signature)?,
-        );
-        Ok((url, headers, body))
+    }
+}
+
+/// Deliveries waiting, one queue per subscription, served round robin.
+struct Queues {
+    by_subscription: HashMap<String, SubscriptionQueue>,
+    /// Subscriptions with waiting work and a free slot, in turn order.
+    ready: VecDeque<String>,
+    in_flight: usize,
+    max_in_flight: usize,
+    per_subscription: usize,
+}
+
+#[derive(Default)]
+struct SubscriptionQueue {
+    waiting: VecDeque<Leased>,
+    in_flight: usize,
+    /// Whether it is in `ready`.
+    ready: bool,
+}
+
+impl Queues {
+    fn new(max_in_flight: u32, per_subscription: u32) -> Self {
+        Self {
+            by_subscription: HashMap::new(),
+            ready: VecDeque::new(),
+            in_flight: 0,
+            max_in_flight: max_in_flight as usize,
+            per_subscription: per_subscription as usize,
+        }
     }
 
-    fn open_secret(&self, sealed: &str, subscription_id: &str) -> anyhow::Result<SigningSecret> {
-        let text = self.secrets.open(sealed, subscription_id)?;
-        Ok(SigningSecret::parse(&text)?)
+    fn extend(&mut self, deliveries: Vec<Leased>) {
+        for delivery in deliveries {
+            let id = delivery.subscription.id.clone();
+            let queue = self.by_subscription.entry(id.clone()).or_default();
+            queue.waiting.push_back(delivery);
+            if !queue.ready && queue.in_flight < self.per_subscription {
+                queue.ready = true;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    /// The next delivery to attempt, if the bounds allow one.
+    fn next(&mut self) -> Option<Leased> {
+        while self.in_flight < self.max_in_flight {
+            let id = self.ready.pop_front()?;
+            let Some(queue) = self.by_subscription.get_mut(&id) else {
+                continue;
+            };
+            let Some(delivery) = queue.waiting.pop_front() else {
+                queue.ready = false;
+                continue;
+            };
+            queue.in_flight += 1;
+            self.in_flight += 1;
+            if !queue.waiting.is_empty() && queue.in_flight < self.per_subscription {
+                // Its next turn comes after every other ready subscription's.
+                self.ready.push_back(id);
+            } else {
+                queue.ready = false;
+            }
+            return Some(delivery);
+        }
+        None
+    }
+
+    fn finished(&mut self, subscription: &str) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(queue) = self.by_subscription.get_mut(subscription) else {
+            return;
+        };
+        queue.in_flight = queue.in_flight.saturating_sub(1);
+        if queue.waiting.is_empty() && queue.in_flight == 0 {
+            self.by_subscription.remove(subscription);
+        } else if !queue.ready && !queue.waiting.is_empty() {
+            queue.ready = true;
+            self.ready.push_back(subscription.to_owned());
+        }
+    }
+
+    fn clear(&mut self) {
+        for queue in self.by_subscription.values_mut() {
+            queue.waiting.clear();
+            queue.ready = false;
+        }
+        self.ready.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::models::{EventRow, SubscriptionRow};
+    use time::macros::datetime;
+
+    fn delivery(subscription: &Arc<SubscriptionRow>, n: usize) -> Leased {
+        let at = datetime!(2026-11-29 10:00);
+        Leased {
+            delivery_id: format!("dlv_{n}"),
+            attempts: 0,
+            event: Arc::new(EventRow {
+                id: format!("evt_{n}"),
+                event_type: "comment.created".into(),
+                resource_type: "comment".into(),
+                resource_id: format!("cmt_{n}"),
+                resource_path: String::new(),
+                message_id: "msg_1".into(),
+                sequence: 1,
+                created_at: at,
+                feed_position: Some(1),
+            }),
+            subscription: subscription.clone(),
+        }
+    }
+
+    fn subscription(id: &str) -> Arc<SubscriptionRow> {
+        let at = datetime!(2026-11-29 10:00);
+        Arc::new(SubscriptionRow {
+            id: id.into(),
+            owner_client_id: "cli_1".into(),
+            url: "http://127.0.0.1/".into(),
+            event_types: " comment.created ".into(),
+            message_id: None,
+            description: None,
+            enabled: 1,
+            disabled_reason: None,
+            secret: String::new(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            failing_since: None,
+            created_at: at,
+            updated_at: at,
+        })
+    }
+
+    fn subscription_of(delivery: &Leased) -> &str {
+        &delivery.subscription.id
+    }
+
+    #[test]
+    fn subscriptions_take_turns_and_a_full_one_does_not_block_the_others() {
+        let (busy, quiet) = (subscription("sub_busy"), subscription("sub_quiet"));
+        let mut queues = Queues::new(100, 2);
+        queues.extend((0..1000).map(|n| delivery(&busy, n)).collect());
+        queues.extend(vec![delivery(&quiet, 1000)]);
+
+        let started: Vec<String> = std::iter::from_fn(|| queues.next())
+            .map(|d| subscription_of(&d).to_owned())
+            .collect();
+
+        assert_eq!(started, ["sub_busy", "sub_quiet", "sub_busy"]);
+        assert!(
+            queues.next().is_none(),
+            "the busy subscription is at its bound"
+        );
+        queues.finished("sub_busy");
+        assert_eq!(
+            queues.next().map(|d| d.delivery_id),
+            Some("dlv_2".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_global_bound_holds_across_subscriptions() {
+        let mut queues = Queues::new(3, 10);
+        for n in 0..5 {
+            let subscription = subscription(&format!("sub_{n}"));
+            queues.extend(vec![delivery(&subscription, n)]);
+        }
+        assert_eq!(std::iter::from_fn(|| queues.next()).count(), 3);
+        queues.finished("sub_0");
+        assert!(queues.next().is_some());
+        assert!(queues.next().is_none());
     }
 }

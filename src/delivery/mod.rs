@@ -1,15 +1,18 @@
 //! Webhook delivery: from an event in the outbox to a signed request at the
 //! subscriber's endpoint.
 //!
-//! [`outbox`] writes the event and its deliveries in the resource's own
-//! transaction → [`dispatcher`] claims due deliveries under a lease
-//! ([`crate::db::queue`]) → builds the thin body ([`payload`]), signs it
-//! ([`signer`]) → sends it through the SSRF-safe [`client`] ([`ssrf`]) →
-//! records the attempt and schedules a retry ([`retry`]) or not.
+//! The writer's outbox ([`crate::db::outbox`]) records the event and its
+//! deliveries in the resource's own transaction, leased to this process →
+//! [`dispatcher`] takes them at commit (or claims due ones,
+//! [`crate::db::queue`]) and keeps attempts in flight, fairly across
+//! subscriptions → [`attempt`] builds the thin body ([`payload`]), signs it
+//! ([`signer`]), sends it through the SSRF-safe [`client`] ([`ssrf`]) and
+//! decides on a retry ([`retry`]) → the outcomes are recorded in batches,
+//! fenced by the lease.
 
+pub mod attempt;
 pub mod client;
 pub mod dispatcher;
-pub mod outbox;
 pub mod payload;
 pub mod retry;
 pub mod signer;

@@ -1,6 +1,6 @@
 //! The event feed: the same events the webhooks announce, for clients that
 //! missed some or prefer to pull. Oldest first, behind an opaque cursor that
-//! never skips an event (see `db::events::assign_feed_position`).
+//! never skips an event (see `db::outbox`).
 
 use actix_web::web;
 use serde::Deserialize;

@@ -15,9 +15,10 @@ use super::subscriptions::{self, CreatedSubscription, NewSubscription};
 use super::{AppState, Links, resource};
 use crate::auth::{Caller, MessagesRead, MessagesWrite};
 use crate::clock;
+use crate::db::deliveries::FetchMark;
+use crate::db::messages as repo;
 use crate::db::models::{CommentRow, MessageRow};
-use crate::db::{deliveries, messages as repo, subscriptions as subscription_repo};
-use crate::delivery::outbox::{self, NewEvent};
+use crate::db::outbox::{Publication, Resource};
 use crate::domain::{CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
 
@@ -151,31 +152,18 @@ async fn create_message(
         author_client_id: Some(caller.client_id.to_string()),
         last_sequence: 0,
     };
-    let (stored, subscription_row) = (row.clone(), subscription.as_ref().map(|s| s.row.clone()));
-    let path = Links::message_path(&id);
-    let location = state.links.absolute(&path);
-    let queued = state
-        .db
-        .run(move |conn| {
-            crate::db::write_transaction(conn, |conn| {
-                repo::insert_message(conn, &stored)?;
-                if let Some(subscription) = &subscription_row {
-                    subscription_repo::insert(conn, subscription)?;
-                }
-                let event = NewEvent {
-                    event_type: EventType::MessageCreated,
-                    resource_type: "message",
-                    resource_id: &stored.id,
-                    resource_path: path,
-                    message_id: &stored.id,
-                };
-                outbox::record(conn, event, now).map(|(_, queued)| queued)
-            })
+    let resource_path = Links::message_path(&id);
+    let location = state.links.absolute(&resource_path);
+    state
+        .writer
+        .publish(Publication {
+            resource: Resource::Message {
+                row: row.clone(),
+                subscription: subscription.as_ref().map(|s| Box::new(s.row.clone())),
+            },
+            resource_path,
         })
         .await?;
-    if queued > 0 {
-        state.webhooks.wake.notify_one();
-    }
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))
         .json(CreatedMessage {
@@ -191,22 +179,13 @@ async fn get_message(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner().message_id;
-    let (lookup, owner, now) = (
-        id.clone(),
-        caller.client_id.to_string(),
-        clock::db_now(&*state.clock),
-    );
+    let lookup = id.clone();
     let row = state
         .db
-        .run(move |conn| {
-            let row = repo::find_message(conn, &lookup)?;
-            if row.is_some() {
-                deliveries::mark_fetched(conn, lookup.as_str(), &owner, now)?;
-            }
-            Ok(row)
-        })
+        .run(move |conn| repo::find_message(conn, &lookup))
         .await?
         .ok_or_else(|| ApiError::not_found("message", &id))?;
+    record_fetch(&state, &caller, &row.id);
     Ok(fetch_response(&req, &Message::from(row)))
 }
 
@@ -227,42 +206,25 @@ async fn create_comment(
         created_at: now,
         author_client_id: Some(caller.client_id.to_string()),
     };
-    let stored = row.clone();
-    let lookup = message_id.clone();
     let resource_path = Links::comment_path(&message_id, &comment_id);
     let location = state.links.absolute(&resource_path);
     // The comment, its event and its deliveries commit together or not at all.
-    let queued = state
-        .db
-        .run(move |conn| {
-            crate::db::write_transaction(conn, |conn| {
-                if !repo::message_exists(conn, &lookup)? {
-                    return Ok(None);
-                }
-                repo::insert_comment(conn, &stored)?;
-                let event = NewEvent {
-                    event_type: EventType::CommentCreated,
-                    resource_type: "comment",
-                    resource_id: &stored.id,
-                    resource_path,
-                    message_id: &stored.message_id,
-                };
-                outbox::record(conn, event, now).map(|(_, queued)| Some(queued))
-            })
+    state
+        .writer
+        .publish(Publication {
+            resource: Resource::Comment(row.clone()),
+            resource_path,
         })
         .await?
         .ok_or_else(|| ApiError::not_found("message", &message_id))?;
-    if queued > 0 {
-        state.webhooks.wake.notify_one();
-    }
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))
         .json(Comment::from(row)))
 }
 
 /// The fetch endpoint a webhook links to. A fetch by a client whose
-/// subscription was delivered this comment's event is recorded on those
-/// deliveries (delivered → fetched).
+/// subscriptions were sent this comment's event is recorded on those
+/// deliveries (delivered → fetched), in the background.
 async fn get_comment(
     caller: Caller<MessagesRead>,
     state: web::Data<AppState>,
@@ -274,19 +236,22 @@ async fn get_comment(
         comment_id,
     } = path.into_inner();
     let (m, c) = (message_id.clone(), comment_id.clone());
-    let (owner, now) = (caller.client_id.to_string(), clock::db_now(&*state.clock));
     let row = state
         .db
-        .run(move |conn| {
-            let row = repo::find_comment(conn, &m, &c)?;
-            if row.is_some() {
-                deliveries::mark_fetched(conn, c.as_str(), &owner, now)?;
-            }
-            Ok(row)
-        })
+        .run(move |conn| repo::find_comment(conn, &m, &c))
         .await?
         .ok_or_else(|| ApiError::not_found("comment", &comment_id))?;
+    record_fetch(&state, &caller, &row.id);
     Ok(fetch_response(&req, &Comment::from(row)))
+}
+
+/// Records, without waiting, that the caller fetched a resource.
+fn record_fetch<S>(state: &AppState, caller: &Caller<S>, resource_id: &str) {
+    state.writer.mark_fetched(FetchMark {
+        resource_id: resource_id.to_owned(),
+        owner: caller.client_id.to_string(),
+        at: clock::db_now(&*state.clock),
+    });
 }
 
 /// A resource as JSON with a strong `ETag` (a digest of the body), or `304

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::db::Database;
+use crate::db::writer::Writer;
 use crate::delivery::dispatcher::Wake;
 use crate::delivery::ssrf::Guard;
 use crate::domain::{CommentId, MessageId};
@@ -26,7 +27,10 @@ use crate::secret_box::SecretBox;
 /// Shared by every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// Reads.
     pub db: Database,
+    /// Writes.
+    pub writer: Writer,
     pub links: Links,
     pub clock: SharedClock,
     pub webhooks: Webhooks,
@@ -38,7 +42,7 @@ pub struct Webhooks {
     /// Vets URLs at registration, as the dispatcher does at every attempt.
     pub guard: Guard,
     pub secrets: Arc<SecretBox>,
-    /// Wakes this process's dispatcher after a commit that queued deliveries.
+    /// Wakes this process's dispatcher after a commit that made deliveries due.
     pub wake: Wake,
     /// How long a rotated-out secret keeps signing.
     pub secret_overlap: Duration,

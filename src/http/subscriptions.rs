@@ -224,7 +224,7 @@ async fn create(
     );
     let row = new.row.clone();
     let stored = state
-        .db
+        .writer
         .run(move |conn| {
             if let Some(message_id) = &message_id
                 && !message_repo::message_exists(conn, message_id)?
@@ -332,7 +332,7 @@ async fn update(
     row.updated_at = db_now(&*state.clock);
     let stored = row.clone();
     state
-        .db
+        .writer
         .run(move |conn| repo::update(conn, &stored))
         .await?;
     if body.enabled == Some(true) {
@@ -349,7 +349,7 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let (id, owner) = (path.id.to_string(), caller.client_id.to_string());
     let deleted = state
-        .db
+        .writer
         .run(move |conn| repo::delete_owned(conn, &id, &owner))
         .await?;
     if !deleted {
@@ -382,7 +382,10 @@ async fn rotate(
     ));
     row.previous_secret_expires_at = Some(to_db(expires));
     row.updated_at = to_db(now);
-    state.db.run(move |conn| repo::update(conn, &row)).await?;
+    state
+        .writer
+        .run(move |conn| repo::update(conn, &row))
+        .await?;
     Ok(web::Json(RotatedSecret {
         secret: secret.expose(),
         previous_secret_expires_at: expires,
@@ -530,17 +533,15 @@ async fn retry(
     let (id, owner) = (path.id.to_string(), caller.client_id.to_string());
     let now = db_now(&*state.clock);
     let found = state
-        .db
+        .writer
         .run(move |conn| {
-            crate::db::write_transaction(conn, |conn| {
-                if deliveries::find_owned(conn, &id, &owner)?.is_none() {
-                    return Ok(None);
-                }
-                deliveries::retry_now(conn, &id, now)?;
-                queue::announce(conn)?;
-                let row = deliveries::find_owned(conn, &id, &owner)?;
-                row.map(|row| with_attempts(conn, vec![row])).transpose()
-            })
+            if deliveries::find_owned(conn, &id, &owner)?.is_none() {
+                return Ok(None);
+            }
+            deliveries::retry_now(conn, &id, now)?;
+            queue::announce(conn)?;
+            let row = deliveries::find_owned(conn, &id, &owner)?;
+            row.map(|row| with_attempts(conn, vec![row])).transpose()
         })
         .await?;
     let delivery = found

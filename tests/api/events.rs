@@ -160,7 +160,7 @@ mod own_app {
             app.advance(Duration::from_secs(31 * 86_400)).await;
             app.create_comment(&message, "new").await;
             let clock: thinhook::clock::SharedClock = app.clock.clone();
-            let removed = thinhook::retention::prune_expired(&app.db, &clock, Duration::from_secs(30 * 86_400))
+            let removed = thinhook::retention::prune_expired(&app.writer, &clock, Duration::from_secs(30 * 86_400))
                 .await
                 .unwrap();
 

@@ -56,14 +56,17 @@ backend_tests! {
         let other = app.register_client("other", Scopes::all()).await;
         let path = format!("/messages/{message}/comments/{comment}");
         assert_eq!(app.get_with_token(&path, &other.token).await.status(), StatusCode::OK);
+        app.writes_committed().await;
         assert_eq!(fetched_at(&log(app, &log_path).await), Value::Null);
 
         assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+        app.writes_committed().await;
         let first = fetched_at(&log(app, &log_path).await);
         assert!(first.is_string(), "{first}");
         // The first fetch counts; later ones do not move it.
         app.clock.advance(std::time::Duration::from_secs(60));
         app.get(&path).await;
+        app.writes_committed().await;
         assert_eq!(fetched_at(&log(app, &log_path).await), first);
     }
 }

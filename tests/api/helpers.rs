@@ -9,6 +9,7 @@ use thinhook::auth::{self, Scopes};
 use thinhook::clock::{Clock, ManualClock};
 use thinhook::config::Settings;
 use thinhook::db::Database;
+use thinhook::db::writer::Writer;
 use thinhook::delivery::dispatcher::Dispatcher;
 use thinhook::delivery::ssrf::Resolver;
 use thinhook::domain::RequestId;
@@ -123,6 +124,8 @@ pub struct TestApp {
     pub user: TestClient,
     /// The server's dispatcher; tests run it step by step.
     pub dispatcher: Arc<Dispatcher>,
+    /// The server's writer.
+    pub writer: Writer,
     /// Answers name lookups for the server; tests set what names resolve to.
     pub resolver: Arc<TestResolver>,
     _database: TestDatabase,
@@ -211,6 +214,8 @@ pub async fn spawn_app_with(
     settings.database.pool_size = 4;
     // Webhook receivers in tests live on loopback.
     settings.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
+    // Revocations are read often, so tests need not wait long for one.
+    settings.auth.revocation_refresh_ms = 50;
     settings.secrets.encryption_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into();
     adjust(&mut settings);
 
@@ -224,7 +229,7 @@ pub async fn spawn_app_with(
         .await
         .expect("application builds");
     let address = format!("http://{}", app.address().expect("the API listens"));
-    let dispatcher = app.dispatcher();
+    let (dispatcher, writer) = (app.dispatcher(), app.writer());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let db = Database::connect(&settings.database).expect("test pool connects");
     let mut app = TestApp {
@@ -239,6 +244,7 @@ pub async fn spawn_app_with(
             token: String::new(),
         },
         dispatcher,
+        writer,
         resolver,
         _database: database,
     };
@@ -345,6 +351,82 @@ impl TestApp {
     pub async fn advance(&mut self, by: std::time::Duration) {
         self.clock.advance(by);
         self.user.token = self.token_for(&self.user.id, &self.user.secret, None).await;
+    }
+
+    /// The application of a second process, a worker, on the same database.
+    pub async fn worker(
+        &self,
+        adjust: impl FnOnce(&mut thinhook::config::Settings),
+    ) -> thinhook::startup::Application {
+        let mut settings = self.settings.clone();
+        adjust(&mut settings);
+        let overrides = thinhook::startup::Overrides {
+            clock: self.clock.clone(),
+            resolver: self.resolver.clone(),
+        };
+        thinhook::startup::Application::build_with(&settings, Role::Worker, overrides)
+            .await
+            .unwrap()
+    }
+
+    /// A worker's dispatcher, to drive step by step.
+    pub async fn second_dispatcher(
+        &self,
+    ) -> std::sync::Arc<thinhook::delivery::dispatcher::Dispatcher> {
+        self.worker(|_| {}).await.dispatcher()
+    }
+
+    /// Runs a worker in the background; send on the switch to stop it.
+    pub async fn start_worker(
+        &self,
+        adjust: impl FnOnce(&mut thinhook::config::Settings),
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let worker = self.worker(adjust).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        (stop, running)
+    }
+
+    pub fn clock_now(&self) -> time::OffsetDateTime {
+        use thinhook::clock::Clock;
+        self.clock.now_utc()
+    }
+
+    /// Waits until the server's writer has committed everything sent to it
+    /// so far (it writes in order), such as fetch marks recorded in the background.
+    pub async fn writes_committed(&self) {
+        self.writer.run(|_| Ok(())).await.expect("the writer runs");
+    }
+
+    /// Claims due deliveries for `worker` through the server's writer, as a
+    /// dispatcher would, with a 60 s lease.
+    pub async fn claim_as(
+        &self,
+        worker: &str,
+        per_subscription: i64,
+        batch: i64,
+    ) -> Vec<thinhook::db::deliveries::Leased> {
+        let now = self.clock.now_utc();
+        let (worker, now, until) = (
+            worker.to_owned(),
+            thinhook::clock::to_db(now),
+            thinhook::clock::to_db(now + std::time::Duration::from_secs(60)),
+        );
+        let limits = thinhook::db::queue::ClaimLimits {
+            batch,
+            per_subscription,
+            window: 100,
+        };
+        self.writer
+            .run(move |conn| thinhook::db::queue::claim(conn, &worker, now, until, limits, ""))
+            .await
+            .expect("claim")
+            .leased
     }
 
     /// Runs the dispatcher until nothing is due; returns how many attempts it made.

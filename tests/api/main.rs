@@ -11,6 +11,7 @@ mod helpers;
 
 mod auth;
 mod comments;
+mod engine;
 mod errors;
 mod events;
 mod fetch;

@@ -33,6 +33,9 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     /// Wait this long before answering (a hanging receiver).
     pub delay: Duration,
+    /// Fetch the notification's resource with this token before answering,
+    /// as most receivers do.
+    pub fetch_with: Option<String>,
 }
 
 impl Reply {
@@ -41,7 +44,13 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            fetch_with: None,
         }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -55,12 +64,25 @@ impl Reply {
             ..Self::status(200)
         }
     }
+
+    /// 200, after fetching the resource the notification links to.
+    pub fn fetch_first(token: &str) -> Self {
+        Self {
+            fetch_with: Some(token.to_owned()),
+            ..Self::status(200)
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     received: Vec<Received>,
     script: VecDeque<Reply>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
+    /// Statuses of the fetches made before answering.
+    fetches: Vec<u16>,
 }
 
 #[derive(Clone)]
@@ -108,6 +130,16 @@ impl Receiver {
         self.received().len()
     }
 
+    /// The most requests that were being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+
+    /// Statuses of the fetches made before answering.
+    pub fn fetches(&self) -> Vec<u16> {
+        self.state.lock().unwrap().fetches.clone()
+    }
+
     pub fn received_on(&self, path: &str) -> Vec<Received> {
         self.received()
             .into_iter()
@@ -152,6 +184,9 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
+    let resource_url = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|event| event["data"]["resource"]["url"].as_str().map(str::to_owned));
     let reply = {
         let mut state = state.lock().unwrap();
         state.received.push(Received {
@@ -159,12 +194,27 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             headers,
             body,
         });
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
         state
             .script
             .pop_front()
             .unwrap_or_else(|| Reply::status(200))
     };
+    if let (Some(token), Some(url)) = (&reply.fetch_with, resource_url) {
+        let status = match reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+        {
+            Ok(response) => response.status().as_u16(),
+            Err(_) => 0,
+        };
+        state.lock().unwrap().fetches.push(status);
+    }
     tokio::time::sleep(reply.delay).await;
+    state.lock().unwrap().in_flight -= 1;
     let mut response = format!(
         "HTTP/1.1 {} X\r\nconnection: close\r\ncontent-length: 2\r\n",
         reply.status

@@ -310,16 +310,7 @@ backend_tests_with_backend! {
         post_comment(&app, &message, "c").await;
 
         // A dispatcher claims the delivery, then dies before attempting it.
-        let (db, now) = (app.db.clone(), thinhook::clock::to_db(app.clock_now()));
-        let until = thinhook::clock::to_db(app.clock_now() + Duration::from_secs(60));
-        let claimed = tokio::task::spawn_blocking(move || {
-            let limits = thinhook::db::queue::ClaimLimits { batch: 10, per_subscription: 10, scan: 100 };
-            thinhook::db::queue::claim(&mut db.get().unwrap(), "dead-worker", now, until, limits)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(claimed.len(), 1);
+        assert_eq!(app.claim_as("dead-worker", 10, 10).await.len(), 1);
 
         assert_eq!(app.dispatch_all_pending().await, 0, "took a leased delivery");
         app.clock.advance(Duration::from_secs(61));
@@ -329,8 +320,10 @@ backend_tests_with_backend! {
 
     async fn two_dispatchers_share_one_queue_and_deliver_each_event_once(backend: Backend) {
         let app = spawn_app_with(backend, Role::Api, |s| {
-            // High enough that the per-subscription bound never empties a claim early.
+            // High enough that the per-subscription bound never empties a claim early,
+            // with claims small enough that both dispatchers get some.
             s.delivery.max_in_flight_per_subscription = 1_000;
+            s.delivery.batch_size = 50;
             s.database.pool_size = 8;
         })
         .await;
@@ -396,26 +389,15 @@ backend_tests_with_backend! {
             post_comment(&app, &message, &format!("c{n}")).await;
         }
 
-        let claim = |per_subscription: i64, worker: &'static str| {
-            let db = app.db.clone();
-            let now = thinhook::clock::to_db(app.clock_now());
-            let until = thinhook::clock::to_db(app.clock_now() + Duration::from_secs(60));
-            tokio::task::spawn_blocking(move || {
-                let limits = thinhook::db::queue::ClaimLimits { batch: 100, per_subscription, scan: 1000 };
-                let conn = &mut db.get().unwrap();
-                let ids = thinhook::db::queue::claim(conn, worker, now, until, limits).unwrap();
-                thinhook::db::deliveries::load_claimed(conn, &ids).unwrap()
-            })
+        let per = |claimed: &[thinhook::db::deliveries::Leased], sub: &str| {
+            claimed.iter().filter(|d| d.subscription.id == sub).count()
         };
-        let first = claim(3, "one").await.unwrap();
-        let per = |claimed: &[thinhook::db::deliveries::Claimed], sub: &str| {
-            claimed.iter().filter(|(d, _, _)| d.subscription_id == sub).count()
-        };
+        let first = app.claim_as("one", 3, 100).await;
         assert_eq!((per(&first, &slow), per(&first, &fast)), (3, 3));
         // Leases still held count against the bound: nothing more until they end.
-        let second = claim(3, "two").await.unwrap();
+        let second = app.claim_as("two", 3, 100).await;
         assert!(second.is_empty(), "claimed beyond the bound: {}", second.len());
-        let third = claim(5, "three").await.unwrap();
+        let third = app.claim_as("three", 5, 100).await;
         assert_eq!((per(&third, &slow), per(&third, &fast)), (2, 2));
     }
 
@@ -577,50 +559,6 @@ const REFUSED: &[&str] = &[
 ];
 
 impl TestApp {
-    /// The application of a second process, a worker, on the same database.
-    async fn worker(
-        &self,
-        adjust: impl FnOnce(&mut thinhook::config::Settings),
-    ) -> thinhook::startup::Application {
-        let mut settings = self.settings.clone();
-        adjust(&mut settings);
-        let overrides = thinhook::startup::Overrides {
-            clock: self.clock.clone(),
-            resolver: self.resolver.clone(),
-        };
-        thinhook::startup::Application::build_with(&settings, Role::Worker, overrides)
-            .await
-            .unwrap()
-    }
-
-    /// A worker's dispatcher, to drive step by step.
-    async fn second_dispatcher(
-        &self,
-    ) -> std::sync::Arc<thinhook::delivery::dispatcher::Dispatcher> {
-        self.worker(|_| {}).await.dispatcher()
-    }
-
-    /// Runs a worker in the background; send on the switch to stop it.
-    async fn start_worker(
-        &self,
-        adjust: impl FnOnce(&mut thinhook::config::Settings),
-    ) -> (
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    ) {
-        let worker = self.worker(adjust).await;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(worker.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        (stop, running)
-    }
-
-    fn clock_now(&self) -> time::OffsetDateTime {
-        use thinhook::clock::Clock;
-        self.clock.now_utc()
-    }
-
     /// Stores a subscription for comment.created directly, skipping the URL checks.
     async fn insert_subscription(&self, url: &str) {
         use thinhook::db::models::SubscriptionRow;

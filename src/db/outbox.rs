@@ -1,0 +1,372 @@
+//! The transactional outbox: a new resource, its event and one delivery per
+//! matching subscription are written in one transaction, so nothing accepted
+//! is lost between "comment saved" and "webhook queued".
+//!
+//! The writer publishes everything waiting in one go: each table gets one
+//! multi-row `INSERT`, each message's sequence counter one update, and the
+//! feed counter one update for the whole batch — taken last, so that it is
+//! held only from there to commit (positions are handed out in commit order;
+//! see the migration that made the feed).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use time::PrimitiveDateTime;
+
+use super::deliveries::{self, Leased};
+use super::models::{CommentRow, DeliveryRow, EventRow, MessageRow, SubscriptionRow};
+use super::schema::{comments, events, feed_state, messages};
+use super::{DbConnection, queue, subscriptions};
+use crate::domain::{DeliveryId, EventId, EventType};
+
+/// A resource to create, and where it will be found.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub resource: Resource,
+    /// Path of the resource under the public base URL.
+    pub resource_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Resource {
+    /// A message, with the subscription its `newCommentWebhook` asked for.
+    Message {
+        row: MessageRow,
+        subscription: Option<Box<SubscriptionRow>>,
+    },
+    Comment(CommentRow),
+}
+
+impl Resource {
+    fn event_type(&self) -> EventType {
+        match self {
+            Self::Message { .. } => EventType::MessageCreated,
+            Self::Comment(_) => EventType::CommentCreated,
+        }
+    }
+
+    /// `(type, id)` of the resource.
+    fn identity(&self) -> (&'static str, &str) {
+        match self {
+            Self::Message { row, .. } => ("message", &row.id),
+            Self::Comment(row) => ("comment", &row.id),
+        }
+    }
+
+    fn message_id(&self) -> &str {
+        match self {
+            Self::Message { row, .. } => &row.id,
+            Self::Comment(row) => &row.message_id,
+        }
+    }
+
+    fn created_at(&self) -> PrimitiveDateTime {
+        match self {
+            Self::Message { row, .. } => row.created_at,
+            Self::Comment(row) => row.created_at,
+        }
+    }
+}
+
+/// What publishing recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub event_id: String,
+    /// Deliveries queued for the event.
+    pub queued: usize,
+}
+
+/// Lease the new deliveries to this worker, as far as the bounds allow.
+#[derive(Debug)]
+pub struct LeaseTo<'a> {
+    pub worker: &'a str,
+    pub now: PrimitiveDateTime,
+    pub until: PrimitiveDateTime,
+    /// Deliveries the worker can still take in.
+    pub capacity: usize,
+    /// Live leases a subscription may have when this worker is not its only holder.
+    pub per_subscription: i64,
+}
+
+/// Writes `items` with their events and deliveries. Per item: what was
+/// published, or `None` for a comment on a message that does not exist
+/// (nothing is written for it). Also returns the deliveries leased per `lease`.
+pub fn publish_all(
+    conn: &mut DbConnection,
+    items: &[Publication],
+    lease: Option<&LeaseTo<'_>>,
+) -> QueryResult<(Vec<Option<Published>>, Vec<Leased>)> {
+    let new_messages: Vec<&MessageRow> = items
+        .iter()
+        .filter_map(|item| match &item.resource {
+            Resource::Message { row, .. } => Some(row),
+            Resource::Comment(_) => None,
+        })
+        .collect();
+    insert_rows(conn, &new_messages, |conn, chunk| {
+        per_backend!(conn, |c| diesel::insert_into(messages::table)
+            .values(chunk)
+            .execute(c))
+    })?;
+    for item in items {
+        if let Resource::Message {
+            subscription: Some(subscription),
+            ..
+        } = &item.resource
+        {
+            subscriptions::insert(conn, subscription)?;
+        }
+    }
+
+    let existing = existing_messages(conn, items)?;
+    let accepted: Vec<&Publication> = items
+        .iter()
+        .filter(|item| existing.contains(item.resource.message_id()))
+        .collect();
+    let new_comments: Vec<&CommentRow> = accepted
+        .iter()
+        .filter_map(|item| match &item.resource {
+            Resource::Comment(row) => Some(row),
+            Resource::Message { .. } => None,
+        })
+        .collect();
+    insert_rows(conn, &new_comments, |conn, chunk| {
+        per_backend!(conn, |c| diesel::insert_into(comments::table)
+            .values(chunk)
+            .execute(c))
+    })?;
+
+    let mut sequences = next_sequences(conn, &accepted)?;
+    let mut event_rows: Vec<EventRow> = accepted
+        .iter()
+        .map(|item| {
+            let (resource_type, resource_id) = item.resource.identity();
+            let message_id = item.resource.message_id();
+            let sequence = sequences.get_mut(message_id).map_or(0, |next| {
+                *next += 1;
+                *next - 1
+            });
+            EventRow {
+                id: EventId::generate().to_string(),
+                event_type: item.resource.event_type().as_str().to_owned(),
+                resource_type: resource_type.to_owned(),
+                resource_id: resource_id.to_owned(),
+                resource_path: item.resource_path.clone(),
+                message_id: message_id.to_owned(),
+                sequence,
+                created_at: item.resource.created_at(),
+                feed_position: None,
+            }
+        })
+        .collect();
+
+    let targets = matching(conn, &accepted)?;
+    let mut leases = Leases::plan(conn, lease, &targets)?;
+
+    // Last: the feed counter stays locked from here to commit.
+    if !event_rows.is_empty() {
+        let count = i64::try_from(event_rows.len()).unwrap_or(i64::MAX);
+        let last: i64 = diesel::update(feed_state::table.find(1))
+            .set(feed_state::last_position.eq(feed_state::last_position + count))
+            .returning(feed_state::last_position)
+            .get_result(conn)?;
+        for (position, event) in (last - count + 1..).zip(&mut event_rows) {
+            event.feed_position = Some(position);
+        }
+    }
+    let event_refs: Vec<&EventRow> = event_rows.iter().collect();
+    insert_rows(conn, &event_refs, |conn, chunk| {
+        per_backend!(conn, |c| diesel::insert_into(events::table)
+            .values(chunk)
+            .execute(c))
+    })?;
+
+    let mut delivery_rows = Vec::new();
+    let mut leased = Vec::new();
+    let mut published: HashMap<&str, Published> = HashMap::new();
+    for ((item, event), subscriptions) in accepted.iter().zip(event_rows).zip(&targets) {
+        let event = Arc::new(event);
+        for subscription in subscriptions {
+            let id = DeliveryId::generate().to_string();
+            let lease_until = leases.take(&subscription.id);
+            if lease_until.is_some() {
+                leased.push(Leased {
+                    delivery_id: id.clone(),
+                    attempts: 0,
+                    event: event.clone(),
+                    subscription: subscription.clone(),
+                });
+            }
+            delivery_rows.push(DeliveryRow {
+                id,
+                event_id: event.id.clone(),
+                subscription_id: subscription.id.clone(),
+                status: deliveries::PENDING.to_owned(),
+                attempts: 0,
+                next_attempt_at: event.created_at,
+                locked_until: lease_until,
+                locked_by: lease_until.and(lease.map(|l| l.worker.to_owned())),
+                last_status_code: None,
+                last_error: None,
+                delivered_at: None,
+                fetched_at: None,
+                created_at: event.created_at,
+            });
+        }
+        published.insert(
+            item.resource.identity().1,
+            Published {
+                event_id: event.id.clone(),
+                queued: subscriptions.len(),
+            },
+        );
+    }
+    deliveries::insert_all(conn, &delivery_rows)?;
+    if delivery_rows.len() > leased.len() {
+        // Not all are this process's: wake the dispatchers of the others.
+        queue::announce(conn)?;
+    }
+    let results = items
+        .iter()
+        .map(|item| published.remove(item.resource.identity().1))
+        .collect();
+    Ok((results, leased))
+}
+
+/// Inserts `rows` a chunk at a time.
+fn insert_rows<R>(
+    conn: &mut DbConnection,
+    rows: &[&R],
+    mut insert: impl FnMut(&mut DbConnection, Vec<R>) -> QueryResult<usize>,
+) -> QueryResult<()>
+where
+    R: Clone,
+{
+    for chunk in rows.chunks(deliveries::INSERT_CHUNK) {
+        insert(conn, chunk.iter().map(|&row| row.clone()).collect())?;
+    }
+    Ok(())
+}
+
+/// The messages the items are about that exist (new ones included).
+fn existing_messages(
+    conn: &mut DbConnection,
+    items: &[Publication],
+) -> QueryResult<HashSet<String>> {
+    let wanted: BTreeSet<&str> = items.iter().map(|i| i.resource.message_id()).collect();
+    let wanted: Vec<&str> = wanted.into_iter().collect();
+    let found: Vec<String> = messages::table
+        .filter(messages::id.eq_any(&wanted))
+        .select(messages::id)
+        .load(conn)?;
+    Ok(found.into_iter().collect())
+}
+
+/// Takes the next sequence numbers of the messages the items are about; per
+/// message, the first number its new events get. Updating the message row
+/// locks it, so concurrent writers get distinct, gap-free numbers; messages
+/// are updated in id order, so two writers never wait on each other in turn.
+fn next_sequences(
+    conn: &mut DbConnection,
+    items: &[&Publication],
+) -> QueryResult<HashMap<String, i64>> {
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for item in items {
+        *counts.entry(item.resource.message_id()).or_default() += 1;
+    }
+    let mut first = HashMap::with_capacity(counts.len());
+    for (message_id, count) in counts {
+        let last: i64 = diesel::update(messages::table.find(message_id))
+            .set(messages::last_sequence.eq(messages::last_sequence + count))
+            .returning(messages::last_sequence)
+            .get_result(conn)?;
+        first.insert(message_id.to_owned(), last - count + 1);
+    }
+    Ok(first)
+}
+
+/// Per item, the subscriptions its event goes to, in id order.
+fn matching(
+    conn: &mut DbConnection,
+    items: &[&Publication],
+) -> QueryResult<Vec<Vec<Arc<SubscriptionRow>>>> {
+    let mut by_type: BTreeMap<EventType, BTreeSet<&str>> = BTreeMap::new();
+    for item in items {
+        by_type
+            .entry(item.resource.event_type())
+            .or_default()
+            .insert(item.resource.message_id());
+    }
+    let mut candidates: BTreeMap<EventType, Vec<Arc<SubscriptionRow>>> = BTreeMap::new();
+    for (event_type, message_ids) in by_type {
+        let message_ids: Vec<&str> = message_ids.into_iter().collect();
+        let rows = subscriptions::matching(conn, event_type, &message_ids)?;
+        candidates.insert(event_type, rows.into_iter().map(Arc::new).collect());
+    }
+    Ok(items
+        .iter()
+        .map(|item| {
+            let message_id = item.resource.message_id();
+            candidates[&item.resource.event_type()]
+                .iter()
+                .filter(|s| s.message_id.as_deref().is_none_or(|m| m == message_id))
+                .cloned()
+                .collect()
+        })
+        .collect())
+}
+
+/// Which new deliveries are leased to this process at creation.
+struct Leases {
+    until: Option<PrimitiveDateTime>,
+    /// Deliveries the process can still take in.
+    capacity: usize,
+    /// Per subscription, how many more may be leased; absent: no limit but capacity.
+    room: HashMap<String, i64>,
+}
+
+impl Leases {
+    /// A worker that is a subscription's only holder takes all its new
+    /// deliveries (it runs at most the bound at once); otherwise it takes
+    /// them up to the subscription's bound on live leases, like a claim.
+    fn plan(
+        conn: &mut DbConnection,
+        lease: Option<&LeaseTo<'_>>,
+        targets: &[Vec<Arc<SubscriptionRow>>],
+    ) -> QueryResult<Self> {
+        let Some(lease) = lease.filter(|l| l.capacity > 0) else {
+            return Ok(Self {
+                until: None,
+                capacity: 0,
+                room: HashMap::new(),
+            });
+        };
+        let ids: BTreeSet<&str> = targets.iter().flatten().map(|s| s.id.as_str()).collect();
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let counts = queue::lease_counts(conn, &ids, lease.worker, lease.now)?;
+        let room = counts
+            .into_iter()
+            .filter(|(_, (_, others))| *others > 0)
+            .map(|(id, (mine, others))| (id, (lease.per_subscription - mine - others).max(0)))
+            .collect();
+        Ok(Self {
+            until: Some(lease.until),
+            capacity: lease.capacity,
+            room,
+        })
+    }
+
+    /// The lease end for the next delivery to `subscription`, if leased.
+    fn take(&mut self, subscription: &str) -> Option<PrimitiveDateTime> {
+        let until = self.until.filter(|_| self.capacity > 0)?;
+        if let Some(room) = self.room.get_mut(subscription) {
+            if *room == 0 {
+                return None;
+            }
+            *room -= 1;
+        }
+        self.capacity -= 1;
+        Some(until)
+    }
+}

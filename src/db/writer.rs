@@ -1,0 +1,387 @@
+//! The writer: every write transaction of this process, grouped.
+//!
+//! One thread owns the write connection. Handlers and the dispatcher send it
+//! commands over a bounded channel; it takes everything that is waiting (up
+//! to `max_batch` commands), runs it in one transaction with one commit — one
+//! fsync for all of them — and then answers each caller. Commands that write
+//! rows of the same kind (events and their deliveries, attempt outcomes,
+//! fetch marks) are written together, many rows per statement; the others run
+//! one after another. Each command (or group) runs in a savepoint, so one that
+//! fails is rolled back alone and its batch-mates still commit. A full channel
+//! is refused at once ([`DbError::Overloaded`], answered `503`) rather than
+//! queued without bound.
+//!
+//! On SQLite this is the only writer, so `BEGIN IMMEDIATE` never waits for a
+//! lock held in this process; reads use the pool's own connections (WAL).
+//! On PostgreSQL several processes share the database: the batches of
+//! dispatching processes take one advisory lock first (see
+//! [`queue::begin_sql`]), which makes their claims and their leases at
+//! creation see each other, and the feed counter is taken once per batch.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+
+use super::deliveries::{self, AttemptOutcome, FetchMark, Leased};
+use super::outbox::{self, LeaseTo, Publication, Published};
+use super::queue::{self, Handoff};
+use super::{DatabaseUrl, DbConnection, DbError};
+use crate::clock::to_db;
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// Commands that may wait for the writer; more are refused.
+    pub queue: usize,
+    /// Commands written in one transaction at most.
+    pub max_batch: usize,
+}
+
+/// The handle: cheap to clone; the thread stops when the last one is dropped.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    sender: mpsc::Sender<Command>,
+}
+
+/// Sends a command's result to its caller once the batch's fate is known:
+/// `Err` carries why the batch did not commit.
+type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+/// Work for the batch's transaction, with its caller's reply.
+trait Job: Send {
+    /// Runs in a savepoint; returns how to answer after commit.
+    fn run(self: Box<Self>, conn: &mut DbConnection) -> Answer;
+    /// Answers without running: the batch could not begin.
+    fn refuse(self: Box<Self>, why: &str);
+}
+
+struct Work<F, T> {
+    work: F,
+    reply: oneshot::Sender<Result<T, DbError>>,
+}
+
+impl<F, T> Job for Work<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConnection) -> QueryResult<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &mut DbConnection) -> Answer {
+        let Work { work, reply } = *self;
+        let result = conn.transaction(work);
+        Box::new(move |committed| {
+            let _ = reply.send(committed_or(committed, result));
+        })
+    }
+
+    fn refuse(self: Box<Self>, why: &str) {
+        let _ = self.reply.send(Err(DbError::NotCommitted(why.to_owned())));
+    }
+}
+
+/// A command's own result, unless its batch did not commit.
+fn committed_or<T>(committed: Result<(), &str>, result: QueryResult<T>) -> Result<T, DbError> {
+    match committed {
+        Ok(()) => result.map_err(DbError::Query),
+        Err(why) => Err(DbError::NotCommitted(why.to_owned())),
+    }
+}
+
+enum Command {
+    Job(Box<dyn Job>),
+    Publish(
+        Box<Publication>,
+        oneshot::Sender<Result<Option<Published>, DbError>>,
+    ),
+    Record(Record),
+    Fetched(FetchMark),
+}
+
+struct Record {
+    worker: String,
+    outcomes: Vec<AttemptOutcome>,
+    disable_after: Duration,
+    reply: oneshot::Sender<Result<Vec<bool>, DbError>>,
+}
+
+impl Writer {
+    /// Opens the write connection and starts the writer's thread. `handoff`
+    /// is set when this process dispatches: deliveries it creates are then
+    /// leased to its own dispatcher and handed over at commit.
+    pub fn start(
+        url: &DatabaseUrl,
+        settings: WriterSettings,
+        handoff: Option<Handoff>,
+    ) -> anyhow::Result<Self> {
+        let conn = url.establish()?;
+        let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+        let thread = Thread {
+            url: url.clone(),
+            conn: Some(conn),
+            receiver,
+            max_batch: settings.max_batch.max(1),
+            handoff,
+        };
+        std::thread::Builder::new()
+            .name("thinhook-writer".into())
+            .spawn(move || thread.run())?;
+        Ok(Self { sender })
+    }
+
+    /// Runs `work` in the next batch (in a savepoint of its own) and returns
+    /// its result once the batch has committed.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> QueryResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Job(Box::new(Work { work, reply })))?;
+        answer.await.map_err(|_| DbError::WriterStopped)?
+    }
+
+    /// Writes a new resource with its event and deliveries. `None`: the
+    /// comment's message does not exist (nothing was written).
+    pub async fn publish(&self, publication: Publication) -> Result<Option<Published>, DbError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Publish(Box::new(publication), reply))?;
+        answer.await.map_err(|_| DbError::WriterStopped)?
+    }
+
+    /// Records attempt outcomes of `worker`'s leases; per outcome, whether it
+    /// was recorded (false: the lease had passed to another worker).
+    pub async fn record(
+        &self,
+        worker: &str,
+        outcomes: Vec<AttemptOutcome>,
+        disable_after: Duration,
+    ) -> Result<Vec<bool>, DbError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Record(Record {
+            worker: worker.to_owned(),
+            outcomes,
+            disable_after,
+            reply,
+        }))?;
+        answer.await.map_err(|_| DbError::WriterStopped)?
+    }
+
+    /// Records a fetch in the background; the caller does not wait. Dropped
+    /// (and logged) when the writer is overloaded.
+    pub fn mark_fetched(&self, mark: FetchMark) {
+        if let Err(error) = self.submit(Command::Fetched(mark)) {
+            tracing::warn!(%error, "fetch not recorded");
+        }
+    }
+
+    /// Commands waiting for the writer.
+    pub fn queued(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
+    fn submit(&self, command: Command) -> Result<(), DbError> {
+        self.sender.try_send(command).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => DbError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => DbError::WriterStopped,
+        })
+    }
+}
+
+/// The writer's thread and what it owns.
+struct Thread {
+    url: DatabaseUrl,
+    /// `None` after a failure that may have broken it; reopened for the next batch.
+    conn: Option<DbConnection>,
+    receiver: mpsc::Receiver<Command>,
+    max_batch: usize,
+    handoff: Option<Handoff>,
+}
+
+/// A batch, sorted by kind.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Box<dyn Job>>,
+    publications: Vec<Publication>,
+    publish_replies: Vec<oneshot::Sender<Result<Option<Published>, DbError>>>,
+    records: Vec<Record>,
+    marks: Vec<FetchMark>,
+}
+
+impl Batch {
+    fn push(&mut self, command: Command) {
+        match command {
+            Command::Job(job) => self.jobs.push(job),
+            Command::Publish(publication, reply) => {
+                self.publications.push(*publication);
+                self.publish_replies.push(reply);
+            }
+            Command::Record(record) => self.records.push(record),
+            Command::Fetched(mark) => self.marks.push(mark),
+        }
+    }
+
+    /// Tells every caller that nothing of the batch was written.
+    fn fail(self, why: &str) {
+        for job in self.jobs {
+            job.refuse(why);
+        }
+        for reply in self.publish_replies {
+            let _ = reply.send(Err(DbError::NotCommitted(why.to_owned())));
+        }
+        for record in self.records {
+            let _ = record
+                .reply
+                .send(Err(DbError::NotCommitted(why.to_owned())));
+        }
+        if !self.marks.is_empty() {
+            tracing::warn!(marks = self.marks.len(), why, "fetches not recorded");
+        }
+    }
+}
+
+impl Thread {
+    fn run(mut self) {
+        while let Some(first) = self.receiver.blocking_recv() {
+            let mut batch = Batch::default();
+            batch.push(first);
+            for _ in 1..self.max_batch {
+                match self.receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch);
+        }
+    }
+
+    fn write(&mut self, batch: Batch) {
+        let conn = match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => self.url.establish(),
+        };
+        match conn {
+            Ok(mut conn) => {
+                if self.write_with(&mut conn, batch) {
+                    self.conn = Some(conn);
+                }
+            }
+            Err(error) => batch.fail(&format!("cannot connect to the database: {error}")),
+        }
+    }
+
+    /// Writes the batch; returns whether the connection is still good.
+    fn write_with(&self, conn: &mut DbConnection, batch: Batch) -> bool {
+        if let Err(error) = queue::begin(conn, self.handoff.is_some()) {
+            let why = format!("cannot begin a transaction: {error}");
+            tracing::error!(why, "write batch failed");
+            batch.fail(&why);
+            return false;
+        }
+        let Batch {
+            jobs,
+            publications,
+            publish_replies,
+            records,
+            marks,
+        } = batch;
+
+        let mut answers: Vec<Answer> = jobs.into_iter().map(|job| job.run(conn)).collect();
+        for record in records {
+            let result = conn.transaction(|conn| {
+                deliveries::record_outcomes(
+                    conn,
+                    &record.worker,
+                    &record.outcomes,
+                    record.disable_after,
+                )
+            });
+            let reply = record.reply;
+            answers.push(Box::new(move |committed| {
+                let _ = reply.send(committed_or(committed, result));
+            }));
+        }
+        if !marks.is_empty()
+            && let Err(error) = conn.transaction(|conn| deliveries::mark_fetched_all(conn, &marks))
+        {
+            tracing::warn!(%error, marks = marks.len(), "fetches not recorded");
+        }
+        // Last: publishing takes the feed counter, held from here to commit.
+        let (published, leased) = publish(conn, &publications, self.handoff.as_ref());
+
+        let committed = queue::commit(conn).map_err(|error| {
+            let why = format!("commit failed: {error}");
+            tracing::error!(why, "write batch failed");
+            why
+        });
+        let status = committed.as_ref().map(|_| ()).map_err(String::as_str);
+        for answer in answers {
+            answer(status);
+        }
+        let queued: usize = published
+            .iter()
+            .flat_map(|result| result.as_ref().ok().and_then(Option::as_ref))
+            .map(|published| published.queued)
+            .sum();
+        for (reply, result) in publish_replies.into_iter().zip(published) {
+            let _ = reply.send(committed_or(status, result));
+        }
+        if let (Some(handoff), Ok(())) = (&self.handoff, status) {
+            if queued > leased.len() {
+                handoff.wake.notify_one();
+            }
+            handoff.deliver(leased);
+        }
+        committed.is_ok()
+    }
+}
+
+/// Publishes every publication in one go; if that fails, each on its own,
+/// so that one bad publication does not take the others with it.
+fn publish(
+    conn: &mut DbConnection,
+    publications: &[Publication],
+    handoff: Option<&Handoff>,
+) -> (Vec<QueryResult<Option<Published>>>, Vec<Leased>) {
+    if publications.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    // A stopped dispatcher takes nothing more.
+    let mut capacity = handoff
+        .filter(|handoff| !handoff.sender.is_closed())
+        .map_or(0, |handoff| handoff.capacity.free());
+    let mut publish_some = |conn: &mut DbConnection, items: &[Publication]| {
+        let lease = handoff.map(|handoff| {
+            let now = handoff.clock.now_utc();
+            LeaseTo {
+                worker: &handoff.worker,
+                now: to_db(now),
+                until: to_db(now + handoff.lease),
+                capacity,
+                per_subscription: handoff.per_subscription,
+            }
+        });
+        let published = conn.transaction(|conn| outbox::publish_all(conn, items, lease.as_ref()));
+        if let Ok((_, leased)) = &published {
+            capacity = capacity.saturating_sub(leased.len());
+        }
+        published
+    };
+    match publish_some(conn, publications) {
+        Ok((results, leased)) => (results.into_iter().map(Ok).collect(), leased),
+        Err(error) if publications.len() == 1 => (vec![Err(error)], Vec::new()),
+        Err(error) => {
+            tracing::warn!(%error, "publishing a batch failed; publishing one by one");
+            let mut results = Vec::with_capacity(publications.len());
+            let mut leased = Vec::new();
+            for item in publications.chunks(1) {
+                match publish_some(conn, item) {
+                    Ok((one, more)) => {
+                        leased.extend(more);
+                        results.extend(one.into_iter().map(Ok));
+                    }
+                    Err(error) => results.push(Err(error)),
+                }
+            }
+            (results, leased)
+        }
+    }
+}

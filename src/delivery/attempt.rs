@@ -1,0 +1,147 @@
+//! One attempt: sign the thin body, send it, and decide what the answer
+//! means for the delivery — with no database connection held.
+
+use std::sync::Arc;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use time::OffsetDateTime;
+use url::Url;
+
+use super::client::{Reply, WebhookClient};
+use super::payload::ThinEvent;
+use super::retry::{self, Outcome, RetryPolicy};
+use super::signer;
+use crate::clock::{SharedClock, to_db};
+use crate::db::deliveries::{self, AttemptOutcome, AttemptUpdate, Leased, Verdict};
+use crate::db::models::{AttemptRow, EventRow, SubscriptionRow};
+use crate::domain::SigningSecret;
+use crate::secret_box::SecretBox;
+
+/// Everything an attempt needs besides the delivery itself.
+#[derive(Debug, Clone)]
+pub struct Attempter {
+    pub client: WebhookClient,
+    pub secrets: Arc<SecretBox>,
+    pub public_base_url: String,
+    pub retry: RetryPolicy,
+    pub clock: SharedClock,
+}
+
+impl Attempter {
+    /// Makes the attempt and returns what to record.
+    pub async fn attempt(&self, delivery: &Leased) -> AttemptOutcome {
+        let (event, subscription) = (&*delivery.event, &*delivery.subscription);
+        let started = self.clock.now_utc();
+        let reply = match self.prepare(event, subscription, started) {
+            Ok((url, headers, body)) => self.client.post(&url, headers, body).await,
+            Err(error) => Reply {
+                error: Some(format!("config: {error:#}")),
+                ..Reply::default()
+            },
+        };
+        let finished = self.clock.now_utc();
+        let retry_after = reply
+            .retry_after
+            .as_deref()
+            .and_then(|value| retry::parse_retry_after(value, finished));
+        let outcome = retry::classify(reply.status, retry_after);
+        let number = delivery.attempts + 1;
+        let next_delay = self.retry.next_delay(
+            u32::try_from(number).unwrap_or(u32::MAX),
+            outcome,
+            retry::random_jitter(),
+        );
+        let update = AttemptUpdate {
+            status: match (outcome, next_delay) {
+                (Outcome::Delivered, _) => deliveries::DELIVERED,
+                (Outcome::Gone, _) | (_, None) => deliveries::FAILED,
+                (_, Some(_)) => deliveries::PENDING,
+            },
+            next_attempt_at: to_db(finished + next_delay.unwrap_or_default()),
+            last_status_code: reply.status.map(i32::from),
+            last_error: reply.error.clone(),
+            delivered_at: (outcome == Outcome::Delivered).then(|| to_db(finished)),
+        };
+        if outcome == Outcome::Delivered {
+            tracing::debug!(
+                delivery = delivery.delivery_id,
+                subscription = subscription.id,
+                event = event.id,
+                attempt = number,
+                status = reply.status,
+                "webhook delivered"
+            );
+        } else {
+            tracing::info!(
+                delivery = delivery.delivery_id,
+                subscription = subscription.id,
+                event = event.id,
+                attempt = number,
+                status = reply.status,
+                error = reply.error,
+                outcome = ?outcome,
+                next = update.status,
+                "webhook attempt failed"
+            );
+        }
+        AttemptOutcome {
+            subscription_id: subscription.id.clone(),
+            finished_at: to_db(finished),
+            attempt: AttemptRow {
+                delivery_id: delivery.delivery_id.clone(),
+                number,
+                started_at: to_db(started),
+                duration_ms: i64::try_from(reply.elapsed.as_millis()).unwrap_or(i64::MAX),
+                status_code: reply.status.map(i32::from),
+                error: reply.error,
+                response_excerpt: reply.excerpt,
+            },
+            update,
+            verdict: match outcome {
+                Outcome::Delivered => Verdict::Delivered,
+                Outcome::Gone => Verdict::Gone,
+                Outcome::RetryAfter(_) | Outcome::Failed => Verdict::Failed,
+            },
+        }
+    }
+
+    /// The request for one attempt: URL, signed headers, body.
+    fn prepare(
+        &self,
+        event: &EventRow,
+        subscription: &SubscriptionRow,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<(Url, HeaderMap, Vec<u8>)> {
+        let url = Url::parse(&subscription.url)?;
+        let mut secrets = vec![self.open_secret(&subscription.secret, &subscription.id)?];
+        let previous_valid = subscription
+            .previous_secret_expires_at
+            .is_some_and(|until| until.assume_utc() > now);
+        if let (Some(previous), true) = (&subscription.previous_secret, previous_valid) {
+            secrets.push(self.open_secret(previous, &subscription.id)?);
+        }
+        let body = ThinEvent::new(event, &self.public_base_url).to_json();
+        let timestamp = now.unix_timestamp();
+        let signature = signer::signature_header(&secrets, &event.id, timestamp, &body);
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            HeaderName::from_static("webhook-id"),
+            HeaderValue::from_str(&event.id)?,
+        );
+        headers.insert(
+            HeaderName::from_static("webhook-timestamp"),
+            HeaderValue::from(timestamp),
+        );
+        headers.insert(
+            HeaderName::from_static("webhook-signature"),
+            HeaderValue::from_str(&signature)?,
+        );
+        Ok((url, headers, body))
+    }
+
+    fn open_secret(&self, sealed: &str, subscription_id: &str) -> anyhow::Result<SigningSecret> {
+        let text = self.secrets.open(sealed, subscription_id)?;
+        Ok(SigningSecret::parse(&text)?)
+    }
+}
