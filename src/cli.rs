@@ -43,6 +43,8 @@ pub enum Command {
     Keys(KeysCommand),
     /// Receive webhooks locally: verify, fetch the resource, print, forward.
     Listen(crate::listen::ListenArgs),
+    /// Measure a gateway: start it, load it, receive its webhooks, report.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +78,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Migrate => migrate(settings).await,
         Command::Clients(command) => with_database(settings, move |db| clients(db, command)).await,
         Command::Listen(args) => crate::listen::run(args, shutdown_signal()).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Keys(command) => {
             if !settings.auth.signing_key_file.is_empty() {
                 anyhow::bail!(

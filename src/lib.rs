@@ -20,6 +20,8 @@
 //! - [`delivery`]: where a delivery goes — outbox, dispatcher, signer,
 //!   retry policy, the SSRF-safe client.
 //! - [`listen`]: `thinhook listen`, a local receiver for development.
+//! - [`bench`]: `thinhook bench`, a load generator with its own receiver
+//!   that measures a gateway binary from the outside.
 //! - [`telemetry`]: structured logs with a request id per request.
 //!
 //! # The path of one comment
@@ -32,6 +34,7 @@
 //! a webhook will later carry.
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

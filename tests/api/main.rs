@@ -10,6 +10,7 @@
 mod helpers;
 
 mod auth;
+mod bench;
 mod comments;
 mod engine;
 mod errors;
