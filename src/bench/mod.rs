@@ -75,9 +75,13 @@ pub struct BenchArgs {
     /// Also append the JSON line to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
-    /// `THINHOOK_LOG_LEVEL` of the gateway (its log goes to a scratch file).
+    /// `THINHOOK_LOG_LEVEL` of the gateway.
     #[arg(long, default_value = "warn", value_name = "LEVEL")]
     pub gateway_log_level: String,
+    /// Where the gateway's log goes (appended); by default a scratch file
+    /// removed after the run.
+    #[arg(long, value_name = "PATH")]
+    pub gateway_log: Option<PathBuf>,
     /// Another setting for the gateway (repeatable), e.g.
     /// `THINHOOK_DATABASE_POOL_SIZE=16`.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -162,13 +166,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (database, path) = (args.database.clone(), dir.path().to_owned());
         tokio::task::spawn_blocking(move || ScratchDatabase::create(&database, &path)).await??
     };
-    let gateway = GatewayCommand::new(
+    let mut gateway = GatewayCommand::new(
         bin,
         dir.path(),
         database.url(),
         &args.gateway_log_level,
         &args.gateway_env,
     )?;
+    if let Some(log) = &args.gateway_log {
+        gateway.log.clone_from(log);
+    }
 
     let measured = tokio::select! {
         measured = tokio::time::timeout_at(

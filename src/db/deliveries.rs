@@ -29,6 +29,17 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[DeliveryRow]) -> QueryResult<
     Ok(())
 }
 
+pub fn insert_attempts(conn: &mut DbConnection, rows: &[AttemptRow]) -> QueryResult<()> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        per_backend!(&mut *conn, |c| diesel::insert_into(
+            delivery_attempts::table
+        )
+        .values(chunk)
+        .execute(c)?);
+    }
+    Ok(())
+}
+
 /// A delivery leased to this process, with what its attempt needs. Events
 /// and subscriptions are shared by the deliveries of one batch.
 #[derive(Debug, Clone)]
@@ -115,41 +126,12 @@ pub fn record_outcomes(
     outcomes: &[AttemptOutcome],
     disable_after: Duration,
 ) -> QueryResult<Vec<bool>> {
-    let mut recorded = Vec::with_capacity(outcomes.len());
-    for outcome in outcomes {
-        let (attempt, update) = (&outcome.attempt, &outcome.update);
-        let updated = diesel::update(
-            deliveries::table
-                .find(&attempt.delivery_id)
-                .filter(deliveries::locked_by.eq(worker))
-                .filter(deliveries::status.eq(PENDING)),
-        )
-        .set((
-            deliveries::status.eq(update.status),
-            deliveries::attempts.eq(attempt.number),
-            deliveries::next_attempt_at.eq(update.next_attempt_at),
-            deliveries::last_status_code.eq(update.last_status_code),
-            deliveries::last_error.eq(&update.last_error),
-            deliveries::delivered_at.eq(update.delivered_at),
-            deliveries::locked_until.eq(None::<PrimitiveDateTime>),
-            deliveries::locked_by.eq(None::<String>),
-        ))
-        .execute(conn)?;
-        recorded.push(updated == 1);
-    }
+    let recorded = super::queue::record_fenced(conn, worker, outcomes)?;
     let kept: Vec<&AttemptOutcome> = outcomes
         .iter()
         .zip(&recorded)
         .filter_map(|(outcome, recorded)| recorded.then_some(outcome))
         .collect();
-    let attempts: Vec<AttemptRow> = kept.iter().map(|o| o.attempt.clone()).collect();
-    for chunk in attempts.chunks(INSERT_CHUNK) {
-        per_backend!(&mut *conn, |c| diesel::insert_into(
-            delivery_attempts::table
-        )
-        .values(chunk)
-        .execute(c)?);
-    }
     let verdicts: Vec<(&str, Verdict, PrimitiveDateTime)> = kept
         .iter()
         .map(|o| (o.subscription_id.as_str(), o.verdict, o.finished_at))

@@ -8,7 +8,7 @@
 //! held only from there to commit (positions are handed out in commit order;
 //! see the migration that made the feed).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use diesel::prelude::*;
@@ -119,10 +119,11 @@ pub fn publish_all(
         }
     }
 
-    let existing = existing_messages(conn, items)?;
+    // Taking the sequence numbers also tells which messages exist.
+    let mut sequences = next_sequences(conn, items)?;
     let accepted: Vec<&Publication> = items
         .iter()
-        .filter(|item| existing.contains(item.resource.message_id()))
+        .filter(|item| sequences.contains_key(item.resource.message_id()))
         .collect();
     let new_comments: Vec<&CommentRow> = accepted
         .iter()
@@ -137,7 +138,6 @@ pub fn publish_all(
             .execute(c))
     })?;
 
-    let mut sequences = next_sequences(conn, &accepted)?;
     let mut event_rows: Vec<EventRow> = accepted
         .iter()
         .map(|item| {
@@ -249,27 +249,14 @@ where
     Ok(())
 }
 
-/// The messages the items are about that exist (new ones included).
-fn existing_messages(
-    conn: &mut DbConnection,
-    items: &[Publication],
-) -> QueryResult<HashSet<String>> {
-    let wanted: BTreeSet<&str> = items.iter().map(|i| i.resource.message_id()).collect();
-    let wanted: Vec<&str> = wanted.into_iter().collect();
-    let found: Vec<String> = messages::table
-        .filter(messages::id.eq_any(&wanted))
-        .select(messages::id)
-        .load(conn)?;
-    Ok(found.into_iter().collect())
-}
-
 /// Takes the next sequence numbers of the messages the items are about; per
-/// message, the first number its new events get. Updating the message row
-/// locks it, so concurrent writers get distinct, gap-free numbers; messages
-/// are updated in id order, so two writers never wait on each other in turn.
+/// message that exists, the first number its new events get. Updating the
+/// message row locks it, so concurrent writers get distinct, gap-free
+/// numbers; messages are updated in id order, so two writers never wait on
+/// each other in turn.
 fn next_sequences(
     conn: &mut DbConnection,
-    items: &[&Publication],
+    items: &[Publication],
 ) -> QueryResult<HashMap<String, i64>> {
     let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
     for item in items {
@@ -277,11 +264,14 @@ fn next_sequences(
     }
     let mut first = HashMap::with_capacity(counts.len());
     for (message_id, count) in counts {
-        let last: i64 = diesel::update(messages::table.find(message_id))
+        let last: Option<i64> = diesel::update(messages::table.find(message_id))
             .set(messages::last_sequence.eq(messages::last_sequence + count))
             .returning(messages::last_sequence)
-            .get_result(conn)?;
-        first.insert(message_id.to_owned(), last - count + 1);
+            .get_result(conn)
+            .optional()?;
+        if let Some(last) = last {
+            first.insert(message_id.to_owned(), last - count + 1);
+        }
     }
     Ok(first)
 }

@@ -36,12 +36,13 @@ use std::time::Duration;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp};
 use time::PrimitiveDateTime;
 use tokio::sync::{Notify, mpsc};
 
 use super::DbConnection;
-use super::deliveries::{self, Leased, PENDING};
+use super::deliveries::{self, AttemptOutcome, Leased, PENDING};
+use super::models::AttemptRow;
 use super::schema::{deliveries as d, workers};
 use crate::clock::SharedClock;
 
@@ -85,6 +86,14 @@ pub fn commit(conn: &mut DbConnection) -> QueryResult<()> {
     match conn {
         DbConnection::Sqlite(conn) => commit_or_roll_back(conn),
         DbConnection::Postgres(conn) => commit_or_roll_back(conn),
+    }
+}
+
+/// Rolls back what [`begin`] began.
+pub fn roll_back(conn: &mut DbConnection) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(conn) => AnsiTransactionManager::rollback_transaction(conn),
+        DbConnection::Postgres(conn) => AnsiTransactionManager::rollback_transaction(conn),
     }
 }
 
@@ -222,32 +231,35 @@ struct WindowEnd {
 const END: &str = "~";
 
 /// Due deliveries of the enabled subscriptions in `(after, upto]`, oldest
-/// first per subscription, as many per subscription as its room allows.
-/// Placeholders: now, after, upto, per subscription, batch.
+/// first per subscription, as many per subscription as its room allows (at
+/// most `cap`). The subscriptions are visited in id order and the rows
+/// streamed, so that the claim stops at `batch` rows without looking at the
+/// rest: no sort over the whole backlog.
+/// Placeholders: now, after, upto, per subscription, batch, cap.
 const CANDIDATES: &str = "
     WITH held AS (
         SELECT subscription_id, COUNT(*) AS n FROM deliveries
         WHERE locked_until IS NOT NULL AND locked_until > {now} AND status = 'pending'
         GROUP BY subscription_id
     ),
-    subs AS (
+    subs AS MATERIALIZED (
         SELECT s.id, {per_subscription} - COALESCE(held.n, 0) AS room
         FROM subscriptions s LEFT JOIN held ON held.subscription_id = s.id
         WHERE s.enabled = 1 AND s.id > {after} AND s.id <= {upto}
           AND COALESCE(held.n, 0) < {per_subscription}
+        ORDER BY s.id
     )
     SELECT d.id, subs.id AS subscription_id, subs.room FROM subs {join}
-    ORDER BY subs.id, d.next_attempt_at, d.id
     LIMIT {batch}";
 
 /// PostgreSQL: a lateral subquery per subscription, locking what it takes so
 /// that concurrent claims scan different rows.
 const JOIN_POSTGRES: &str = "CROSS JOIN LATERAL (
-        SELECT d.id, d.next_attempt_at FROM deliveries d
+        SELECT d.id FROM deliveries d
         WHERE d.subscription_id = subs.id AND d.status = 'pending' AND d.next_attempt_at <= {now}
           AND (d.locked_until IS NULL OR d.locked_until <= {now})
         ORDER BY d.next_attempt_at, d.id
-        LIMIT subs.room
+        LIMIT LEAST(subs.room, {cap})
         FOR UPDATE OF d SKIP LOCKED
     ) d";
 
@@ -258,7 +270,7 @@ const JOIN_SQLITE: &str = "JOIN deliveries d ON d.id IN (
         WHERE d2.subscription_id = subs.id AND d2.status = 'pending' AND d2.next_attempt_at <= {now}
           AND (d2.locked_until IS NULL OR d2.locked_until <= {now})
         ORDER BY d2.next_attempt_at, d2.id
-        LIMIT {per_subscription}
+        LIMIT {cap}
     )";
 
 fn candidates_sql(placeholder: impl Fn(usize) -> String, join: &str) -> String {
@@ -269,6 +281,7 @@ fn candidates_sql(placeholder: impl Fn(usize) -> String, join: &str) -> String {
         .replace("{upto}", &placeholder(3))
         .replace("{per_subscription}", &placeholder(4))
         .replace("{batch}", &placeholder(5))
+        .replace("{cap}", &placeholder(6))
 }
 
 /// The id of the `window`-th enabled subscription after `after`, or [`END`].
@@ -307,21 +320,14 @@ fn candidates(
                 .bind::<Text, _>(upto)
                 .bind::<BigInt, _>(limits.per_subscription)
                 .bind::<BigInt, _>(limits.batch)
+                .bind::<BigInt, _>(limits.per_subscription.min(limits.batch))
                 .load::<Candidate>($conn)?
         };
     }
     let mut rows = match conn {
-        DbConnection::Sqlite(conn) => {
-            let placeholder = |n| format!("?{n}");
-            let join = JOIN_SQLITE
-                .replace("{now}", &placeholder(1))
-                .replace("{per_subscription}", &placeholder(4));
-            run!(conn, candidates_sql(placeholder, &join))
-        }
+        DbConnection::Sqlite(conn) => run!(conn, candidates_sql(|n| format!("?{n}"), JOIN_SQLITE)),
         DbConnection::Postgres(conn) => {
-            let placeholder = |n| format!("${n}");
-            let join = JOIN_POSTGRES.replace("{now}", &placeholder(1));
-            run!(conn, candidates_sql(placeholder, &join))
+            run!(conn, candidates_sql(|n| format!("${n}"), JOIN_POSTGRES))
         }
     };
     // Keep within each subscription's room (SQLite could not say it in SQL).
@@ -393,6 +399,110 @@ pub fn claim(
         leased: deliveries::load_leased(conn, &ids)?,
         cursor: next,
     })
+}
+
+/// Applies attempt outcomes to the deliveries still leased to `worker`,
+/// releasing the leases, and inserts their attempt rows; returns, per
+/// outcome, whether it applied. SQLite: a statement per delivery (in
+/// process, cheap). PostgreSQL: one statement for all, over arrays, so the
+/// round trip is paid once.
+pub fn record_fenced(
+    conn: &mut DbConnection,
+    worker: &str,
+    outcomes: &[AttemptOutcome],
+) -> QueryResult<Vec<bool>> {
+    match conn {
+        DbConnection::Sqlite(_) => {
+            let mut recorded = Vec::with_capacity(outcomes.len());
+            for outcome in outcomes {
+                let (attempt, update) = (&outcome.attempt, &outcome.update);
+                let updated = diesel::update(
+                    d::table
+                        .find(&attempt.delivery_id)
+                        .filter(d::locked_by.eq(worker))
+                        .filter(d::status.eq(PENDING)),
+                )
+                .set((
+                    d::status.eq(update.status),
+                    d::attempts.eq(attempt.number),
+                    d::next_attempt_at.eq(update.next_attempt_at),
+                    d::last_status_code.eq(update.last_status_code),
+                    d::last_error.eq(&update.last_error),
+                    d::delivered_at.eq(update.delivered_at),
+                    d::locked_until.eq(None::<PrimitiveDateTime>),
+                    d::locked_by.eq(None::<String>),
+                ))
+                .execute(conn)?;
+                recorded.push(updated == 1);
+            }
+            let attempts: Vec<AttemptRow> = outcomes
+                .iter()
+                .zip(&recorded)
+                .filter(|(_, recorded)| **recorded)
+                .map(|(outcome, _)| outcome.attempt.clone())
+                .collect();
+            deliveries::insert_attempts(conn, &attempts)?;
+            Ok(recorded)
+        }
+        DbConnection::Postgres(conn) => {
+            fn column<T>(outcomes: &[AttemptOutcome], f: impl Fn(&AttemptOutcome) -> T) -> Vec<T> {
+                outcomes.iter().map(f).collect()
+            }
+            let ids = column(outcomes, |o| o.attempt.delivery_id.clone());
+            let applied: Vec<Recorded> = diesel::sql_query(RECORD_POSTGRES)
+                .bind::<Array<Text>, _>(&ids)
+                .bind::<Array<Text>, _>(column(outcomes, |o| o.update.status.to_owned()))
+                .bind::<Array<Integer>, _>(column(outcomes, |o| o.attempt.number))
+                .bind::<Array<Timestamp>, _>(column(outcomes, |o| o.update.next_attempt_at))
+                .bind::<Array<Nullable<Integer>>, _>(column(outcomes, |o| {
+                    o.update.last_status_code
+                }))
+                .bind::<Array<Nullable<Text>>, _>(column(outcomes, |o| o.update.last_error.clone()))
+                .bind::<Array<Nullable<Timestamp>>, _>(column(outcomes, |o| o.update.delivered_at))
+                .bind::<Array<Timestamp>, _>(column(outcomes, |o| o.attempt.started_at))
+                .bind::<Array<BigInt>, _>(column(outcomes, |o| o.attempt.duration_ms))
+                .bind::<Array<Nullable<Text>>, _>(column(outcomes, |o| {
+                    o.attempt.response_excerpt.clone()
+                }))
+                .bind::<Text, _>(worker)
+                .load(conn)?;
+            let applied: std::collections::HashSet<String> =
+                applied.into_iter().map(|row| row.id).collect();
+            Ok(ids.iter().map(|id| applied.contains(id)).collect())
+        }
+    }
+}
+
+/// The outcomes as arrays, applied where the lease is still the worker's,
+/// and the attempts of those inserted, in one statement.
+const RECORD_POSTGRES: &str = "
+    WITH v AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamp[], $5::int4[],
+                             $6::text[], $7::timestamp[], $8::timestamp[], $9::int8[], $10::text[])
+            AS v(id, status, number, next_attempt_at, status_code, error, delivered_at,
+                 started_at, duration_ms, excerpt)
+    ),
+    applied AS (
+        UPDATE deliveries d SET status = v.status, attempts = v.number,
+            next_attempt_at = v.next_attempt_at, last_status_code = v.status_code,
+            last_error = v.error, delivered_at = v.delivered_at,
+            locked_until = NULL, locked_by = NULL
+        FROM v
+        WHERE d.id = v.id AND d.locked_by = $11 AND d.status = 'pending'
+        RETURNING d.id
+    ),
+    attempts AS (
+        INSERT INTO delivery_attempts
+            (delivery_id, number, started_at, duration_ms, status_code, error, response_excerpt)
+        SELECT v.id, v.number, v.started_at, v.duration_ms, v.status_code, v.error, v.excerpt
+        FROM v JOIN applied ON applied.id = v.id
+    )
+    SELECT id FROM applied";
+
+#[derive(QueryableByName)]
+struct Recorded {
+    #[diesel(sql_type = Text)]
+    id: String,
 }
 
 /// Extends every lease `worker` holds; returns how many.

@@ -269,13 +269,15 @@ impl Thread {
     }
 
     /// Writes the batch; returns whether the connection is still good.
+    ///
+    /// A batch of data only (publications, outcomes, fetch marks) is written
+    /// first without savepoints, which on PostgreSQL cost a round trip each;
+    /// should anything fail, the transaction is rolled back and the batch
+    /// written again carefully: each command in a savepoint of its own.
+    /// Jobs are closures that run once, so a batch with jobs is careful from
+    /// the start.
     fn write_with(&self, conn: &mut DbConnection, batch: Batch) -> bool {
-        if let Err(error) = queue::begin(conn, self.handoff.is_some()) {
-            let why = format!("cannot begin a transaction: {error}");
-            tracing::error!(why, "write batch failed");
-            batch.fail(&why);
-            return false;
-        }
+        let started = std::time::Instant::now();
         let Batch {
             jobs,
             publications,
@@ -283,89 +285,205 @@ impl Thread {
             records,
             marks,
         } = batch;
+        let data = Data {
+            records: &records,
+            marks: &marks,
+            publications: &publications,
+        };
+        let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
+        let begun = queue::begin(conn, self.handoff.is_some()).and_then(|()| {
+            if jobs.is_empty() {
+                match self.write_data(conn, &data, false) {
+                    Ok(written) => return Ok(written),
+                    Err(error) => {
+                        tracing::warn!(%error, "a write batch failed; writing it again command by command");
+                        queue::roll_back(conn)?;
+                        queue::begin(conn, self.handoff.is_some())?;
+                    }
+                }
+            } else {
+                answers.extend(jobs.into_iter().map(|job| job.run(conn)));
+            }
+            self.write_data(conn, &data, true)
+        });
+        let written = match begun {
+            Ok(written) => written,
+            Err(error) => {
+                let why = format!("cannot write: {error}");
+                tracing::error!(why, "write batch failed");
+                let _ = queue::roll_back(conn);
+                for answer in answers {
+                    answer(Err(&why));
+                }
+                Batch {
+                    jobs: Vec::new(),
+                    publications,
+                    publish_replies,
+                    records,
+                    marks,
+                }
+                .fail(&why);
+                return false;
+            }
+        };
+        let committed = queue::commit(conn).map_err(|error| {
+            let why = format!("commit failed: {error}");
+            tracing::error!(why, "write batch failed");
+            why
+        });
+        tracing::debug!(
+            jobs = answers.len(),
+            outcomes = records.iter().map(|r| r.outcomes.len()).sum::<usize>(),
+            marks = marks.len(),
+            publications = publications.len(),
+            elapsed_us = started.elapsed().as_micros(),
+            "write batch"
+        );
+        let status = committed.as_ref().map(|_| ()).map_err(String::as_str);
+        for answer in answers {
+            answer(status);
+        }
+        for (record, result) in records.into_iter().zip(written.recorded) {
+            let _ = record.reply.send(committed_or(status, result));
+        }
+        let queued: usize = written
+            .published
+            .iter()
+            .flat_map(|result| result.as_ref().ok().and_then(Option::as_ref))
+            .map(|published| published.queued)
+            .sum();
+        for (reply, result) in publish_replies.into_iter().zip(written.published) {
+            let _ = reply.send(committed_or(status, result));
+        }
+        if let (Some(handoff), Ok(())) = (&self.handoff, status) {
+            if queued > written.leased.len() {
+                handoff.wake.notify_one();
+            }
+            handoff.deliver(written.leased);
+        }
+        committed.is_ok()
+    }
 
-        let mut answers: Vec<Answer> = jobs.into_iter().map(|job| job.run(conn)).collect();
-        for record in records {
-            let result = conn.transaction(|conn| {
+    /// Writes the batch's data in the open transaction. `careful`: each
+    /// command in a savepoint, its failure kept in its own result (never
+    /// `Err`); otherwise the first failure is returned.
+    fn write_data(
+        &self,
+        conn: &mut DbConnection,
+        data: &Data<'_>,
+        careful: bool,
+    ) -> QueryResult<Written> {
+        let mut recorded = Vec::with_capacity(data.records.len());
+        for record in data.records {
+            let record_outcomes = |conn: &mut DbConnection| {
                 deliveries::record_outcomes(
                     conn,
                     &record.worker,
                     &record.outcomes,
                     record.disable_after,
                 )
+            };
+            recorded.push(if careful {
+                conn.transaction(record_outcomes)
+            } else {
+                Ok(record_outcomes(conn)?)
             });
-            let reply = record.reply;
-            answers.push(Box::new(move |committed| {
-                let _ = reply.send(committed_or(committed, result));
-            }));
         }
-        if !marks.is_empty()
-            && let Err(error) = conn.transaction(|conn| deliveries::mark_fetched_all(conn, &marks))
-        {
-            tracing::warn!(%error, marks = marks.len(), "fetches not recorded");
+        if !data.marks.is_empty() {
+            let marked = if careful {
+                conn.transaction(|conn| deliveries::mark_fetched_all(conn, data.marks))
+            } else {
+                deliveries::mark_fetched_all(conn, data.marks)
+            };
+            match marked {
+                Err(error) if careful => {
+                    tracing::warn!(%error, marks = data.marks.len(), "fetches not recorded");
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         // Last: publishing takes the feed counter, held from here to commit.
-        let (published, leased) = publish(conn, &publications, self.handoff.as_ref());
-
-        let committed = queue::commit(conn).map_err(|error| {
-            let why = format!("commit failed: {error}");
-            tracing::error!(why, "write batch failed");
-            why
-        });
-        let status = committed.as_ref().map(|_| ()).map_err(String::as_str);
-        for answer in answers {
-            answer(status);
-        }
-        let queued: usize = published
-            .iter()
-            .flat_map(|result| result.as_ref().ok().and_then(Option::as_ref))
-            .map(|published| published.queued)
-            .sum();
-        for (reply, result) in publish_replies.into_iter().zip(published) {
-            let _ = reply.send(committed_or(status, result));
-        }
-        if let (Some(handoff), Ok(())) = (&self.handoff, status) {
-            if queued > leased.len() {
-                handoff.wake.notify_one();
-            }
-            handoff.deliver(leased);
-        }
-        committed.is_ok()
+        let (published, leased) = if careful {
+            publish_carefully(conn, data.publications, self.handoff.as_ref())
+        } else {
+            let (published, leased) = publish_some(
+                conn,
+                data.publications,
+                self.handoff.as_ref(),
+                free_capacity(self.handoff.as_ref()),
+            )?;
+            (published.into_iter().map(Ok).collect(), leased)
+        };
+        Ok(Written {
+            recorded,
+            published,
+            leased,
+        })
     }
 }
 
-/// Publishes every publication in one go; if that fails, each on its own,
-/// so that one bad publication does not take the others with it.
-fn publish(
+/// The data commands of a batch.
+struct Data<'a> {
+    records: &'a [Record],
+    marks: &'a [FetchMark],
+    publications: &'a [Publication],
+}
+
+/// What writing a batch's data produced, per command.
+struct Written {
+    recorded: Vec<QueryResult<Vec<bool>>>,
+    published: Vec<QueryResult<Option<Published>>>,
+    leased: Vec<Leased>,
+}
+
+/// How many deliveries the dispatcher can take in; none once it stopped.
+fn free_capacity(handoff: Option<&Handoff>) -> usize {
+    handoff
+        .filter(|handoff| !handoff.sender.is_closed())
+        .map_or(0, |handoff| handoff.capacity.free())
+}
+
+/// Publishes `items`, leasing up to `capacity` of the new deliveries.
+fn publish_some(
+    conn: &mut DbConnection,
+    items: &[Publication],
+    handoff: Option<&Handoff>,
+    capacity: usize,
+) -> QueryResult<(Vec<Option<Published>>, Vec<Leased>)> {
+    if items.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let lease = handoff.map(|handoff| {
+        let now = handoff.clock.now_utc();
+        LeaseTo {
+            worker: &handoff.worker,
+            now: to_db(now),
+            until: to_db(now + handoff.lease),
+            capacity,
+            per_subscription: handoff.per_subscription,
+        }
+    });
+    outbox::publish_all(conn, items, lease.as_ref())
+}
+
+/// Publishes every publication in one savepoint; if that fails, each in one
+/// of its own, so that one bad publication does not take the others with it.
+fn publish_carefully(
     conn: &mut DbConnection,
     publications: &[Publication],
     handoff: Option<&Handoff>,
 ) -> (Vec<QueryResult<Option<Published>>>, Vec<Leased>) {
-    if publications.is_empty() {
-        return (Vec::new(), Vec::new());
-    }
-    // A stopped dispatcher takes nothing more.
-    let mut capacity = handoff
-        .filter(|handoff| !handoff.sender.is_closed())
-        .map_or(0, |handoff| handoff.capacity.free());
-    let mut publish_some = |conn: &mut DbConnection, items: &[Publication]| {
-        let lease = handoff.map(|handoff| {
-            let now = handoff.clock.now_utc();
-            LeaseTo {
-                worker: &handoff.worker,
-                now: to_db(now),
-                until: to_db(now + handoff.lease),
-                capacity,
-                per_subscription: handoff.per_subscription,
-            }
-        });
-        let published = conn.transaction(|conn| outbox::publish_all(conn, items, lease.as_ref()));
+    let mut capacity = free_capacity(handoff);
+    let mut publish = |conn: &mut DbConnection, items: &[Publication]| {
+        let published = conn.transaction(|conn| publish_some(conn, items, handoff, capacity));
         if let Ok((_, leased)) = &published {
             capacity = capacity.saturating_sub(leased.len());
         }
         published
     };
-    match publish_some(conn, publications) {
+    match publish(conn, publications) {
         Ok((results, leased)) => (results.into_iter().map(Ok).collect(), leased),
         Err(error) if publications.len() == 1 => (vec![Err(error)], Vec::new()),
         Err(error) => {
@@ -373,7 +491,7 @@ fn publish(
             let mut results = Vec::with_capacity(publications.len());
             let mut leased = Vec::new();
             for item in publications.chunks(1) {
-                match publish_some(conn, item) {
+                match publish(conn, item) {
                     Ok((one, more)) => {
                         leased.extend(more);
                         results.extend(one.into_iter().map(Ok));
