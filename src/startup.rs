@@ -439,6 +439,7 @@ fn authenticator(
         db: db.clone(),
         clock: clock.clone(),
         revocations,
+        verified: Default::default(),
     })
 }
 

@@ -42,6 +42,46 @@ pub struct Authenticator {
     pub db: Database,
     pub clock: SharedClock,
     pub revocations: Arc<revocations::Revocations>,
+    pub verified: VerifiedTokens,
+}
+
+/// Tokens whose signature and claims have been verified, by their exact
+/// text, so that a client presenting the same token again costs a lookup
+/// instead of an Ed25519 verification. Only what a token says is cached; the
+/// time, the key and the revocation are checked on every request.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    tokens: std::sync::RwLock<std::collections::HashMap<Box<str>, Verified>>,
+}
+
+#[derive(Debug, Clone)]
+struct Verified {
+    kid: String,
+    client_id: ClientId,
+    scopes: Scopes,
+    not_before: i64,
+    expires: i64,
+}
+
+impl VerifiedTokens {
+    /// Enough for every client's current token; beyond, the cache starts over.
+    const CAPACITY: usize = 10_000;
+
+    fn get(&self, token: &str) -> Option<Verified> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    fn insert(&self, token: &str, verified: Verified) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        if tokens.len() >= Self::CAPACITY {
+            tokens.clear();
+        }
+        tokens.insert(token.into(), verified);
+    }
 }
 
 /// Who is calling, proven by a valid token.
@@ -55,19 +95,43 @@ impl Authenticator {
     /// Verifies an `Authorization` header value and the client behind it.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         let token = bearer_token(authorization).ok_or(TokenError::Missing)?;
-        let kid = tokens::key_id(token)?;
-        let key = self
-            .keys
-            .decoding_key(&kid)
-            .await?
-            .ok_or(TokenError::UnknownKey)?;
-        let claims = tokens::verify(token, &key, &self.policy, self.clock.now_utc())?;
-        let client_id = ClientId::parse(&claims.sub).map_err(|_| TokenError::Subject)?;
-        let scopes = Scopes::parse(&claims.scope).map_err(|_| TokenError::Claims)?;
-        if self.revocations.is_revoked(client_id.as_str()) {
+        let now = self.clock.now_utc();
+        let verified = match self.verified.get(token) {
+            Some(verified) => {
+                // Its key may have stopped verifying since.
+                self.keys
+                    .decoding_key(&verified.kid)
+                    .await?
+                    .ok_or(TokenError::UnknownKey)?;
+                tokens::check_times(verified.not_before, verified.expires, &self.policy, now)?;
+                verified
+            }
+            None => {
+                let kid = tokens::key_id(token)?;
+                let key = self
+                    .keys
+                    .decoding_key(&kid)
+                    .await?
+                    .ok_or(TokenError::UnknownKey)?;
+                let claims = tokens::verify(token, &key, &self.policy, now)?;
+                let verified = Verified {
+                    kid,
+                    client_id: ClientId::parse(&claims.sub).map_err(|_| TokenError::Subject)?,
+                    scopes: Scopes::parse(&claims.scope).map_err(|_| TokenError::Claims)?,
+                    not_before: claims.nbf.max(claims.iat),
+                    expires: claims.exp,
+                };
+                self.verified.insert(token, verified.clone());
+                verified
+            }
+        };
+        if self.revocations.is_revoked(verified.client_id.as_str()) {
             return Err(TokenError::ClientRevoked.into());
         }
-        Ok(Principal { client_id, scopes })
+        Ok(Principal {
+            client_id: verified.client_id,
+            scopes: verified.scopes,
+        })
     }
 }
 

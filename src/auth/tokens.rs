@@ -144,18 +144,30 @@ pub fn verify(
             _ => TokenError::Malformed,
         })?
         .claims;
-    let now = now.unix_timestamp();
-    let leeway = i64::try_from(policy.leeway.as_secs()).unwrap_or(i64::MAX);
-    if now >= claims.exp.saturating_add(leeway) {
-        return Err(TokenError::Expired);
-    }
-    if claims.nbf.max(claims.iat) > now.saturating_add(leeway) {
-        return Err(TokenError::NotYetValid);
-    }
+    check_times(claims.nbf.max(claims.iat), claims.exp, policy, now)?;
     if claims.sub != claims.client_id || ClientId::parse(&claims.sub).is_err() {
         return Err(TokenError::Subject);
     }
     Ok(claims)
+}
+
+/// Whether a token valid from `not_before` until `expires` (unix seconds)
+/// is valid `now`, with the policy's leeway.
+pub fn check_times(
+    not_before: i64,
+    expires: i64,
+    policy: &TokenPolicy,
+    now: OffsetDateTime,
+) -> Result<(), TokenError> {
+    let now = now.unix_timestamp();
+    let leeway = i64::try_from(policy.leeway.as_secs()).unwrap_or(i64::MAX);
+    if now >= expires.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if not_before > now.saturating_add(leeway) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
