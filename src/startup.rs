@@ -200,6 +200,7 @@ impl Application {
                     max_retry_after: Duration::from_secs(delivery.max_retry_after_secs),
                 },
                 clock: clock.clone(),
+                endpoints: Arc::default(),
             },
             backend: db.backend(),
             settings: DispatchSettings {

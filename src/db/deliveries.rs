@@ -16,27 +16,13 @@ pub const DELIVERED: &str = "delivered";
 pub const FAILED: &str = "failed";
 pub const STATUSES: [&str; 3] = [PENDING, DELIVERED, FAILED];
 
-/// Rows per multi-row `INSERT`: well within SQLite's 32,766 and
-/// PostgreSQL's 65,535 bound parameters for the widest row.
-pub const INSERT_CHUNK: usize = 1_000;
-
 pub fn insert_all(conn: &mut DbConnection, rows: &[DeliveryRow]) -> QueryResult<()> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        per_backend!(&mut *conn, |c| diesel::insert_into(deliveries::table)
-            .values(chunk)
-            .execute(c)?);
-    }
+    insert_many!(conn, deliveries::table, rows);
     Ok(())
 }
 
 pub fn insert_attempts(conn: &mut DbConnection, rows: &[AttemptRow]) -> QueryResult<()> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        per_backend!(&mut *conn, |c| diesel::insert_into(
-            delivery_attempts::table
-        )
-        .values(chunk)
-        .execute(c)?);
-    }
+    insert_many!(conn, delivery_attempts::table, rows);
     Ok(())
 }
 

@@ -10,16 +10,32 @@
 //! Reads go through the [`Database`] pool. Writes go through the process's
 //! one [`writer::Writer`], which groups them into few transactions.
 
-/// Runs `$body` with `$c` bound to the backend's own connection, for what
-/// diesel cannot do through a `MultiConnection` (multi-row inserts).
-macro_rules! per_backend {
-    ($conn:expr, |$c:ident| $body:expr) => {
+/// Inserts a slice of rows into a table; `?` passes a failure on.
+/// PostgreSQL: many rows per statement, as each statement costs a round
+/// trip. SQLite: a row per statement, which the connection prepares once and
+/// then reuses; in process that is cheaper than parsing a statement of many
+/// rows every time. (diesel cannot insert many rows through a
+/// `MultiConnection`, hence the backends' own connections.)
+macro_rules! insert_many {
+    ($conn:expr, $table:expr, $rows:expr) => {
         match $conn {
-            $crate::db::DbConnection::Sqlite($c) => $body,
-            $crate::db::DbConnection::Postgres($c) => $body,
+            $crate::db::DbConnection::Sqlite(conn) => {
+                for row in $rows {
+                    diesel::insert_into($table).values(row).execute(conn)?;
+                }
+            }
+            $crate::db::DbConnection::Postgres(conn) => {
+                for chunk in $rows.chunks($crate::db::INSERT_CHUNK) {
+                    diesel::insert_into($table).values(chunk).execute(conn)?;
+                }
+            }
         }
     };
 }
+
+/// Rows per multi-row `INSERT` on PostgreSQL: within its 65,535 bound
+/// parameters for the widest row.
+pub const INSERT_CHUNK: usize = 1_000;
 
 pub mod clients;
 pub mod deliveries;
@@ -178,7 +194,8 @@ impl DatabaseUrl {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 5000;
-                 PRAGMA foreign_keys = ON;",
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA wal_autocheckpoint = 10000;",
             )
             .map_err(diesel::r2d2::Error::QueryError)?;
         }
@@ -300,6 +317,18 @@ impl Database {
         .map_err(|e| anyhow::anyhow!(e))
         .context("cannot apply database migrations")?;
         Ok(applied.iter().map(ToString::to_string).collect())
+    }
+
+    /// Reverts the latest applied migration; returns its name.
+    pub fn revert_last_migration(&self) -> anyhow::Result<String> {
+        let mut conn = self.get()?;
+        let reverted = match &mut *conn {
+            DbConnection::Sqlite(c) => c.revert_last_migration(SQLITE_MIGRATIONS),
+            DbConnection::Postgres(c) => c.revert_last_migration(POSTGRES_MIGRATIONS),
+        }
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("cannot revert the latest migration")?;
+        Ok(reverted.to_string())
     }
 
     /// Ready means reachable with every migration applied.

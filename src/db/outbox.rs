@@ -97,18 +97,14 @@ pub fn publish_all(
     items: &[Publication],
     lease: Option<&LeaseTo<'_>>,
 ) -> QueryResult<(Vec<Option<Published>>, Vec<Leased>)> {
-    let new_messages: Vec<&MessageRow> = items
+    let new_messages: Vec<MessageRow> = items
         .iter()
         .filter_map(|item| match &item.resource {
-            Resource::Message { row, .. } => Some(row),
+            Resource::Message { row, .. } => Some(row.clone()),
             Resource::Comment(_) => None,
         })
         .collect();
-    insert_rows(conn, &new_messages, |conn, chunk| {
-        per_backend!(conn, |c| diesel::insert_into(messages::table)
-            .values(chunk)
-            .execute(c))
-    })?;
+    insert_many!(&mut *conn, messages::table, &new_messages);
     for item in items {
         if let Resource::Message {
             subscription: Some(subscription),
@@ -125,18 +121,14 @@ pub fn publish_all(
         .iter()
         .filter(|item| sequences.contains_key(item.resource.message_id()))
         .collect();
-    let new_comments: Vec<&CommentRow> = accepted
+    let new_comments: Vec<CommentRow> = accepted
         .iter()
         .filter_map(|item| match &item.resource {
-            Resource::Comment(row) => Some(row),
+            Resource::Comment(row) => Some(row.clone()),
             Resource::Message { .. } => None,
         })
         .collect();
-    insert_rows(conn, &new_comments, |conn, chunk| {
-        per_backend!(conn, |c| diesel::insert_into(comments::table)
-            .values(chunk)
-            .execute(c))
-    })?;
+    insert_many!(&mut *conn, comments::table, &new_comments);
 
     let mut event_rows: Vec<EventRow> = accepted
         .iter()
@@ -175,12 +167,7 @@ pub fn publish_all(
             event.feed_position = Some(position);
         }
     }
-    let event_refs: Vec<&EventRow> = event_rows.iter().collect();
-    insert_rows(conn, &event_refs, |conn, chunk| {
-        per_backend!(conn, |c| diesel::insert_into(events::table)
-            .values(chunk)
-            .execute(c))
-    })?;
+    insert_many!(&mut *conn, events::table, &event_rows);
 
     let mut delivery_rows = Vec::new();
     let mut leased = Vec::new();
@@ -232,21 +219,6 @@ pub fn publish_all(
         .map(|item| published.remove(item.resource.identity().1))
         .collect();
     Ok((results, leased))
-}
-
-/// Inserts `rows` a chunk at a time.
-fn insert_rows<R>(
-    conn: &mut DbConnection,
-    rows: &[&R],
-    mut insert: impl FnMut(&mut DbConnection, Vec<R>) -> QueryResult<usize>,
-) -> QueryResult<()>
-where
-    R: Clone,
-{
-    for chunk in rows.chunks(deliveries::INSERT_CHUNK) {
-        insert(conn, chunk.iter().map(|&row| row.clone()).collect())?;
-    }
-    Ok(())
 }
 
 /// Takes the next sequence numbers of the messages the items are about; per

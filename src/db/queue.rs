@@ -412,27 +412,10 @@ pub fn record_fenced(
     outcomes: &[AttemptOutcome],
 ) -> QueryResult<Vec<bool>> {
     match conn {
-        DbConnection::Sqlite(_) => {
+        DbConnection::Sqlite(sqlite) => {
             let mut recorded = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
-                let (attempt, update) = (&outcome.attempt, &outcome.update);
-                let updated = diesel::update(
-                    d::table
-                        .find(&attempt.delivery_id)
-                        .filter(d::locked_by.eq(worker))
-                        .filter(d::status.eq(PENDING)),
-                )
-                .set((
-                    d::status.eq(update.status),
-                    d::attempts.eq(attempt.number),
-                    d::next_attempt_at.eq(update.next_attempt_at),
-                    d::last_status_code.eq(update.last_status_code),
-                    d::last_error.eq(&update.last_error),
-                    d::delivered_at.eq(update.delivered_at),
-                    d::locked_until.eq(None::<PrimitiveDateTime>),
-                    d::locked_by.eq(None::<String>),
-                ))
-                .execute(conn)?;
+                let updated = RecordOne { worker, outcome }.execute(sqlite)?;
                 recorded.push(updated == 1);
             }
             let attempts: Vec<AttemptRow> = outcomes
@@ -473,31 +456,52 @@ pub fn record_fenced(
     }
 }
 
-/// The outcomes as arrays, applied where the lease is still the worker's,
-/// and the attempts of those inserted, in one statement.
-const RECORD_POSTGRES: &str = "
-    WITH v AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamp[], $5::int4[],
-                             $6::text[], $7::timestamp[], $8::timestamp[], $9::int8[], $10::text[])
-            AS v(id, status, number, next_attempt_at, status_code, error, delivered_at,
-                 started_at, duration_ms, excerpt)
-    ),
-    applied AS (
-        UPDATE deliveries d SET status = v.status, attempts = v.number,
-            next_attempt_at = v.next_attempt_at, last_status_code = v.status_code,
-            last_error = v.error, delivered_at = v.delivered_at,
-            locked_until = NULL, locked_by = NULL
-        FROM v
-        WHERE d.id = v.id AND d.locked_by = $11 AND d.status = 'pending'
-        RETURNING d.id
-    ),
-    attempts AS (
-        INSERT INTO delivery_attempts
-            (delivery_id, number, started_at, duration_ms, status_code, error, response_excerpt)
-        SELECT v.id, v.number, v.started_at, v.duration_ms, v.status_code, v.error, v.excerpt
-        FROM v JOIN applied ON applied.id = v.id
-    )
-    SELECT id FROM applied";
+/// SQLite: one outcome, fenced by the lease. Its SQL never varies, so the
+/// connection prepares it once (diesel prepares every `UPDATE` of its DSL
+/// anew, and parsing was most of the cost of recording).
+#[derive(Debug, Clone, Copy)]
+struct RecordOne<'a> {
+    worker: &'a str,
+    outcome: &'a AttemptOutcome,
+}
+
+impl diesel::query_builder::QueryId for RecordOne<'_> {
+    type QueryId = RecordOne<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for RecordOne<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
+    ) -> QueryResult<()> {
+        let (attempt, update) = (&self.outcome.attempt, &self.outcome.update);
+        out.push_sql("UPDATE deliveries SET status = ");
+        out.push_bind_param::<Text, _>(update.status)?;
+        out.push_sql(", attempts = ");
+        out.push_bind_param::<Integer, _>(&attempt.number)?;
+        out.push_sql(", next_attempt_at = ");
+        out.push_bind_param::<Timestamp, _>(&update.next_attempt_at)?;
+        out.push_sql(", last_status_code = ");
+        out.push_bind_param::<Nullable<Integer>, _>(&update.last_status_code)?;
+        out.push_sql(", last_error = ");
+        out.push_bind_param::<Nullable<Text>, _>(&update.last_error)?;
+        out.push_sql(", delivered_at = ");
+        out.push_bind_param::<Nullable<Timestamp>, _>(&update.delivered_at)?;
+        out.push_sql(", locked_until = NULL, locked_by = NULL WHERE id = ");
+        out.push_bind_param::<Text, _>(&attempt.delivery_id)?;
+        out.push_sql(" AND locked_by = ");
+        out.push_bind_param::<Text, _>(self.worker)?;
+        out.push_sql(" AND status = 'pending'");
+        Ok(())
+    }
+}
+
+impl<Conn> RunQueryDsl<Conn> for RecordOne<'_> {}
+
+/// See the function in the PostgreSQL migration that made the engine.
+const RECORD_POSTGRES: &str =
+    "SELECT thinhook_record_outcomes($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS id";
 
 #[derive(QueryableByName)]
 struct Recorded {

@@ -59,14 +59,29 @@ pub fn update(conn: &mut DbConnection, row: &SubscriptionRow) -> QueryResult<()>
         .map(drop)
 }
 
+/// Deletes the subscription with its deliveries and their attempts.
 pub fn delete_owned(conn: &mut DbConnection, id: &str, owner: &str) -> QueryResult<bool> {
-    diesel::delete(
+    use super::schema::{deliveries, delivery_attempts};
+
+    let deleted = diesel::delete(
         subscriptions::table
             .find(id)
             .filter(subscriptions::owner_client_id.eq(owner)),
     )
-    .execute(conn)
-    .map(|deleted| deleted == 1)
+    .execute(conn)?
+        == 1;
+    if deleted {
+        let its_deliveries = deliveries::table
+            .filter(deliveries::subscription_id.eq(id))
+            .select(deliveries::id);
+        diesel::delete(
+            delivery_attempts::table.filter(delivery_attempts::delivery_id.eq_any(its_deliveries)),
+        )
+        .execute(conn)?;
+        diesel::delete(deliveries::table.filter(deliveries::subscription_id.eq(id)))
+            .execute(conn)?;
+    }
+    Ok(deleted)
 }
 
 /// The enabled subscriptions that want `event_type` on any of `message_ids`

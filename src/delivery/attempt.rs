@@ -1,10 +1,11 @@
 //! One attempt: sign the thin body, send it, and decide what the answer
 //! means for the delivery — with no database connection held.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use time::OffsetDateTime;
+use time::{OffsetDateTime, PrimitiveDateTime};
 use url::Url;
 
 use super::client::{Reply, WebhookClient};
@@ -25,6 +26,75 @@ pub struct Attempter {
     pub public_base_url: String,
     pub retry: RetryPolicy,
     pub clock: SharedClock,
+    pub endpoints: Arc<Endpoints>,
+}
+
+/// What attempts need of a subscription, derived once per version of it
+/// rather than at every attempt: its URL parsed and its secrets opened.
+#[derive(Debug, Default)]
+pub struct Endpoints(RwLock<HashMap<String, Arc<Endpoint>>>);
+
+struct Endpoint {
+    /// The version of the subscription this was derived from.
+    updated_at: PrimitiveDateTime,
+    url: Url,
+    secret: SigningSecret,
+    /// The secret before the last rotation, and until when it signs too.
+    previous: Option<(SigningSecret, OffsetDateTime)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoints {
+    /// Beyond this many subscriptions the cache starts over.
+    const CAPACITY: usize = 10_000;
+
+    fn get(
+        &self,
+        subscription: &SubscriptionRow,
+        secrets: &SecretBox,
+    ) -> anyhow::Result<Arc<Endpoint>> {
+        let cached = self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&subscription.id)
+            .filter(|e| e.updated_at == subscription.updated_at)
+            .cloned();
+        if let Some(endpoint) = cached {
+            return Ok(endpoint);
+        }
+        let open = |sealed: &str| -> anyhow::Result<SigningSecret> {
+            Ok(SigningSecret::parse(
+                &secrets.open(sealed, &subscription.id)?,
+            )?)
+        };
+        let previous = match (
+            &subscription.previous_secret,
+            subscription.previous_secret_expires_at,
+        ) {
+            (Some(sealed), Some(until)) => Some((open(sealed)?, until.assume_utc())),
+            _ => None,
+        };
+        let endpoint = Arc::new(Endpoint {
+            updated_at: subscription.updated_at,
+            url: Url::parse(&subscription.url)?,
+            secret: open(&subscription.secret)?,
+            previous,
+        });
+        let mut cache = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= Self::CAPACITY {
+            cache.clear();
+        }
+        cache.insert(subscription.id.clone(), endpoint.clone());
+        Ok(endpoint)
+    }
 }
 
 impl Attempter {
@@ -112,17 +182,16 @@ impl Attempter {
         subscription: &SubscriptionRow,
         now: OffsetDateTime,
     ) -> anyhow::Result<(Url, HeaderMap, Vec<u8>)> {
-        let url = Url::parse(&subscription.url)?;
-        let mut secrets = vec![self.open_secret(&subscription.secret, &subscription.id)?];
-        let previous_valid = subscription
-            .previous_secret_expires_at
-            .is_some_and(|until| until.assume_utc() > now);
-        if let (Some(previous), true) = (&subscription.previous_secret, previous_valid) {
-            secrets.push(self.open_secret(previous, &subscription.id)?);
+        let endpoint = self.endpoints.get(subscription, &self.secrets)?;
+        let mut secrets = vec![&endpoint.secret];
+        if let Some((previous, until)) = &endpoint.previous
+            && *until > now
+        {
+            secrets.push(previous);
         }
         let body = ThinEvent::new(event, &self.public_base_url).to_json();
         let timestamp = now.unix_timestamp();
-        let signature = signer::signature_header(&secrets, &event.id, timestamp, &body);
+        let signature = signer::signature_header(secrets, &event.id, timestamp, &body);
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
@@ -137,11 +206,6 @@ impl Attempter {
             HeaderName::from_static("webhook-signature"),
             HeaderValue::from_str(&signature)?,
         );
-        Ok((url, headers, body))
-    }
-
-    fn open_secret(&self, sealed: &str, subscription_id: &str) -> anyhow::Result<SigningSecret> {
-        let text = self.secrets.open(sealed, subscription_id)?;
-        Ok(SigningSecret::parse(&text)?)
+        Ok((endpoint.url.clone(), headers, body))
     }
 }

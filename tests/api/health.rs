@@ -13,6 +13,38 @@ backend_tests! {
         assert_eq!(body["status"], "ready");
     }
 
+    async fn the_latest_migration_reverts_and_applies_again_with_data_in_place(app: &TestApp) {
+        let receiver = crate::receiver::Receiver::start().await;
+        let message = app.create_message("kept").await["id"].as_str().unwrap().to_owned();
+        let subscription: serde_json::Value = app
+            .post_json("/subscriptions", &serde_json::json!({"url": receiver.url("/"), "event_types": ["comment.created"]}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        app.create_comment(&message, "through both directions").await;
+        assert_eq!(app.dispatch_all_pending().await, 1);
+        let db = app.db.clone();
+
+        let (reverted, applied) = tokio::task::spawn_blocking(move || {
+            (db.revert_last_migration().unwrap(), db.migrate().unwrap())
+        })
+        .await
+        .unwrap();
+
+        assert_eq!(applied, [reverted]);
+        let comments: serde_json::Value = app.get(&format!("/messages/{message}/comments")).await.json().await.unwrap();
+        assert_eq!(comments["data"][0]["text"], "through both directions");
+        let log: serde_json::Value = app
+            .get(&format!("/subscriptions/{}/deliveries", subscription["id"].as_str().unwrap()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(log["data"][0]["status"], "delivered");
+        assert_eq!(log["data"][0]["attempts"][0]["status_code"], 200);
+    }
+
     async fn every_response_carries_a_request_id(app: &TestApp) {
         let response = app.get("/healthz").await;
         let id = response.headers().get("x-request-id").unwrap().to_str().unwrap();

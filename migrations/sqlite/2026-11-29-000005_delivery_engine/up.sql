@@ -1,9 +1,54 @@
 -- The pipelined engine claims per subscription (round robin, fairly) and
--- counts the leases each subscription holds: index both by subscription.
-DROP INDEX deliveries_due;
+-- counts the leases each subscription holds: both indexes lead with the
+-- subscription (made below, where the table is rebuilt).
+
+-- The queue's rows are written many per event and updated once per attempt:
+-- the foreign keys that checked each of them against its event,
+-- subscription or delivery cost more than the rest of the write. The writer
+-- writes an event, its deliveries and their attempts together, and deleting
+-- a subscription or pruning events removes what hangs off them explicitly.
+-- SQLite drops a constraint by rebuilding the table: the child first, so
+-- that dropping the parent deletes nothing through it.
+CREATE TABLE delivery_attempts_new (
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    response_excerpt TEXT,
+    PRIMARY KEY (delivery_id, number)
+);
+INSERT INTO delivery_attempts_new SELECT * FROM delivery_attempts;
+DROP TABLE delivery_attempts;
+ALTER TABLE delivery_attempts_new RENAME TO delivery_attempts;
+
+CREATE TABLE deliveries_new (
+    id TEXT PRIMARY KEY NOT NULL,
+    event_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at TIMESTAMP NOT NULL,
+    locked_until TIMESTAMP,
+    locked_by TEXT,
+    last_status_code INTEGER,
+    last_error TEXT,
+    delivered_at TIMESTAMP,
+    fetched_at TIMESTAMP,
+    created_at TIMESTAMP NOT NULL
+);
+INSERT INTO deliveries_new SELECT id, event_id, subscription_id, status, attempts, next_attempt_at,
+    locked_until, locked_by, last_status_code, last_error, delivered_at, fetched_at, created_at
+    FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_new RENAME TO deliveries;
 CREATE INDEX deliveries_due ON deliveries (subscription_id, next_attempt_at, id) WHERE status = 'pending';
-DROP INDEX deliveries_leased;
 CREATE INDEX deliveries_leased ON deliveries (subscription_id, locked_by) WHERE locked_until IS NOT NULL;
+CREATE INDEX deliveries_by_subscription ON deliveries (subscription_id, id);
+CREATE INDEX deliveries_by_event ON deliveries (event_id);
+-- Retention walks the feed in order instead.
+DROP INDEX events_by_created_at;
 
 -- Dispatching processes. On PostgreSQL each holds a session advisory lock on
 -- its `lock_key` while it lives: a worker whose key can be locked by another
