@@ -355,6 +355,14 @@ async fn measure(
             since(delivery_start, tally.last_delivery),
         ),
         drain_secs: secs(since(Some(drain_from), tally.last_delivery)),
+        post_ms: Latency::of(
+            driven
+                .sends
+                .iter()
+                .filter(|s| s.comment_id.is_some())
+                .map(|s| s.completed.saturating_duration_since(s.intended))
+                .collect(),
+        ),
         e2e_ms: Latency::of(tally.e2e),
         fetch_ms: Latency::of(tally.fetch),
         fetch_failures: tally.fetch_failures,

@@ -179,6 +179,9 @@ pub struct Report {
     pub deliveries_per_sec: f64,
     /// Last delivery − last POST completed (`live`) or − the worker's start (`backlog`).
     pub drain_secs: f64,
+    /// POST answered − intended send time, of accepted events: how long
+    /// accepting an event took.
+    pub post_ms: Option<Latency>,
     /// Receiver arrival − intended send time, first delivery per subscription.
     pub e2e_ms: Option<Latency>,
     /// Fetch completed − intended send time (`--fetch`).
@@ -308,6 +311,7 @@ impl Report {
                 format!("p50 {} p95 {} p99 {} max {}", l.p50, l.p95, l.p99, l.max)
             })
         };
+        row("POST ms", latency(self.post_ms));
         row("e2e ms", latency(self.e2e_ms));
         if self.fetch {
             row("notify+fetch ms", latency(self.fetch_ms));
@@ -457,6 +461,7 @@ mod tests {
             receiver_rejected: 0,
             deliveries_per_sec: 1800.0,
             drain_secs: 0.01,
+            post_ms: Latency::of(vec![ms(1), ms(2)]),
             e2e_ms: Latency::of(vec![ms(2), ms(3)]),
             fetch_ms: Latency::of(vec![ms(4), ms(5)]),
             fetch_failures: 0,

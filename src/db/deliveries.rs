@@ -1,6 +1,6 @@
 //! Repository functions for deliveries and their attempts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,7 +197,44 @@ pub struct FetchMark {
 /// Whatever the delivery's state: receivers usually fetch *before* they
 /// answer the webhook, so the fetch arrives while the attempt that announced
 /// it is still being recorded.
+///
+/// Each step reads one table by one index (resource → events → their
+/// deliveries → those deliveries' subscriptions), so the cost follows the
+/// fetched resource, never a subscription's whole history.
 pub fn mark_fetched_all(conn: &mut DbConnection, marks: &[FetchMark]) -> QueryResult<usize> {
+    let resources: BTreeSet<&str> = marks.iter().map(|m| m.resource_id.as_str()).collect();
+    let resources: Vec<&str> = resources.into_iter().collect();
+    let events: HashMap<String, String> = events::table
+        .filter(events::resource_id.eq_any(&resources))
+        .select((events::id, events::resource_id))
+        .load::<(String, String)>(conn)?
+        .into_iter()
+        .collect();
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let event_ids: Vec<&String> = events.keys().collect();
+    let unfetched: Vec<(String, String, String)> = deliveries::table
+        .filter(deliveries::event_id.eq_any(&event_ids))
+        .filter(deliveries::fetched_at.is_null())
+        .select((
+            deliveries::id,
+            deliveries::event_id,
+            deliveries::subscription_id,
+        ))
+        .load(conn)?;
+    if unfetched.is_empty() {
+        return Ok(0);
+    }
+    let subscription_ids: BTreeSet<&str> = unfetched.iter().map(|(_, _, s)| s.as_str()).collect();
+    let subscription_ids: Vec<&str> = subscription_ids.into_iter().collect();
+    let owners: HashMap<String, String> = subscriptions::table
+        .filter(subscriptions::id.eq_any(&subscription_ids))
+        .select((subscriptions::id, subscriptions::owner_client_id))
+        .load::<(String, String)>(conn)?
+        .into_iter()
+        .collect();
+    // The first fetch of each (resource, client) in the batch counts.
     let mut first: HashMap<(&str, &str), PrimitiveDateTime> = HashMap::new();
     for mark in marks {
         first
@@ -205,18 +242,20 @@ pub fn mark_fetched_all(conn: &mut DbConnection, marks: &[FetchMark]) -> QueryRe
             .and_modify(|at| *at = (*at).min(mark.at))
             .or_insert(mark.at);
     }
+    let mut by_time: BTreeMap<PrimitiveDateTime, Vec<&str>> = BTreeMap::new();
+    for (delivery, event, subscription) in &unfetched {
+        let (Some(resource), Some(owner)) = (events.get(event), owners.get(subscription)) else {
+            continue;
+        };
+        if let Some(at) = first.get(&(resource.as_str(), owner.as_str())) {
+            by_time.entry(*at).or_default().push(delivery);
+        }
+    }
     let mut marked = 0;
-    for ((resource_id, owner), at) in first {
-        let about = events::table
-            .filter(events::resource_id.eq(resource_id))
-            .select(events::id);
-        let owned = subscriptions::table
-            .filter(subscriptions::owner_client_id.eq(owner))
-            .select(subscriptions::id);
+    for (at, ids) in by_time {
         marked += diesel::update(
             deliveries::table
-                .filter(deliveries::event_id.eq_any(about))
-                .filter(deliveries::subscription_id.eq_any(owned))
+                .filter(deliveries::id.eq_any(&ids))
                 .filter(deliveries::fetched_at.is_null()),
         )
         .set(deliveries::fetched_at.eq(at))

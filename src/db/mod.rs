@@ -40,6 +40,7 @@ pub const INSERT_CHUNK: usize = 1_000;
 pub mod clients;
 pub mod deliveries;
 pub mod events;
+pub mod fixed;
 pub mod messages;
 pub mod models;
 pub mod outbox;
@@ -194,8 +195,7 @@ impl DatabaseUrl {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 5000;
-                 PRAGMA foreign_keys = ON;
-                 PRAGMA wal_autocheckpoint = 10000;",
+                 PRAGMA foreign_keys = ON;",
             )
             .map_err(diesel::r2d2::Error::QueryError)?;
         }

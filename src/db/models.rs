@@ -73,7 +73,7 @@ impl std::fmt::Debug for SigningKeyRow {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = subscriptions, treat_none_as_null = true, treat_none_as_default_value = false)]
 pub struct SubscriptionRow {
     pub id: String,

@@ -15,8 +15,9 @@ use diesel::prelude::*;
 use time::PrimitiveDateTime;
 
 use super::deliveries::{self, Leased};
+use super::fixed::{Bind, Fixed};
 use super::models::{CommentRow, DeliveryRow, EventRow, MessageRow, SubscriptionRow};
-use super::schema::{comments, events, feed_state, messages};
+use super::schema::{comments, events, messages};
 use super::{DbConnection, queue, subscriptions};
 use crate::domain::{DeliveryId, EventId, EventType};
 
@@ -159,10 +160,15 @@ pub fn publish_all(
     // Last: the feed counter stays locked from here to commit.
     if !event_rows.is_empty() {
         let count = i64::try_from(event_rows.len()).unwrap_or(i64::MAX);
-        let last: i64 = diesel::update(feed_state::table.find(1))
-            .set(feed_state::last_position.eq(feed_state::last_position + count))
-            .returning(feed_state::last_position)
-            .get_result(conn)?;
+        let last = Fixed::new(
+            "UPDATE feed_state SET last_position = last_position + ? WHERE id = 1
+             RETURNING last_position AS value",
+            [Bind::BigInt(count)],
+        )
+        .load::<Counter>(conn)?
+        .pop()
+        .ok_or(diesel::result::Error::NotFound)?
+        .value;
         for (position, event) in (last - count + 1..).zip(&mut event_rows) {
             event.feed_position = Some(position);
         }
@@ -236,46 +242,54 @@ fn next_sequences(
     }
     let mut first = HashMap::with_capacity(counts.len());
     for (message_id, count) in counts {
-        let last: Option<i64> = diesel::update(messages::table.find(message_id))
-            .set(messages::last_sequence.eq(messages::last_sequence + count))
-            .returning(messages::last_sequence)
-            .get_result(conn)
-            .optional()?;
+        let last = Fixed::new(
+            "UPDATE messages SET last_sequence = last_sequence + ? WHERE id = ?
+             RETURNING last_sequence AS value",
+            [Bind::BigInt(count), Bind::Text(message_id)],
+        )
+        .load::<Counter>(conn)?
+        .pop();
         if let Some(last) = last {
-            first.insert(message_id.to_owned(), last - count + 1);
+            first.insert(message_id.to_owned(), last.value - count + 1);
         }
     }
     Ok(first)
 }
 
-/// Per item, the subscriptions its event goes to, in id order.
+/// A counter's new value.
+#[derive(QueryableByName)]
+struct Counter {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    value: i64,
+}
+
+/// Per item, the subscriptions its event goes to, in id order; one query per
+/// event type and message (usually one), each row shared.
 fn matching(
     conn: &mut DbConnection,
     items: &[&Publication],
 ) -> QueryResult<Vec<Vec<Arc<SubscriptionRow>>>> {
-    let mut by_type: BTreeMap<EventType, BTreeSet<&str>> = BTreeMap::new();
-    for item in items {
-        by_type
-            .entry(item.resource.event_type())
-            .or_default()
-            .insert(item.resource.message_id());
-    }
-    let mut candidates: BTreeMap<EventType, Vec<Arc<SubscriptionRow>>> = BTreeMap::new();
-    for (event_type, message_ids) in by_type {
-        let message_ids: Vec<&str> = message_ids.into_iter().collect();
-        let rows = subscriptions::matching(conn, event_type, &message_ids)?;
-        candidates.insert(event_type, rows.into_iter().map(Arc::new).collect());
+    let pairs: BTreeSet<(EventType, &str)> = items
+        .iter()
+        .map(|item| (item.resource.event_type(), item.resource.message_id()))
+        .collect();
+    let mut shared: HashMap<String, Arc<SubscriptionRow>> = HashMap::new();
+    let mut by_pair: HashMap<(EventType, &str), Vec<Arc<SubscriptionRow>>> = HashMap::new();
+    for (event_type, message_id) in pairs {
+        let rows = subscriptions::matching(conn, event_type, message_id)?
+            .into_iter()
+            .map(|row| {
+                shared
+                    .entry(row.id.clone())
+                    .or_insert_with(|| Arc::new(row))
+                    .clone()
+            })
+            .collect();
+        by_pair.insert((event_type, message_id), rows);
     }
     Ok(items
         .iter()
-        .map(|item| {
-            let message_id = item.resource.message_id();
-            candidates[&item.resource.event_type()]
-                .iter()
-                .filter(|s| s.message_id.as_deref().is_none_or(|m| m == message_id))
-                .cloned()
-                .collect()
-        })
+        .map(|item| by_pair[&(item.resource.event_type(), item.resource.message_id())].clone())
         .collect())
 }
 
@@ -304,6 +318,15 @@ impl Leases {
                 room: HashMap::new(),
             });
         };
+        // SQLite has one dispatching process, which leases at creation: no
+        // other worker can hold a lease.
+        if matches!(conn, DbConnection::Sqlite(_)) {
+            return Ok(Self {
+                until: Some(lease.until),
+                capacity: lease.capacity,
+                room: HashMap::new(),
+            });
+        }
         let ids: BTreeSet<&str> = targets.iter().flatten().map(|s| s.id.as_str()).collect();
         let ids: Vec<&str> = ids.into_iter().collect();
         let counts = queue::lease_counts(conn, &ids, lease.worker, lease.now)?;

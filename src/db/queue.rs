@@ -42,6 +42,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::DbConnection;
 use super::deliveries::{self, AttemptOutcome, Leased, PENDING};
+use super::fixed::{Bind, Fixed};
 use super::models::AttemptRow;
 use super::schema::{deliveries as d, workers};
 use crate::clock::SharedClock;
@@ -412,10 +413,24 @@ pub fn record_fenced(
     outcomes: &[AttemptOutcome],
 ) -> QueryResult<Vec<bool>> {
     match conn {
-        DbConnection::Sqlite(sqlite) => {
+        DbConnection::Sqlite(_) => {
             let mut recorded = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
-                let updated = RecordOne { worker, outcome }.execute(sqlite)?;
+                let (attempt, update) = (&outcome.attempt, &outcome.update);
+                let updated = Fixed::new(
+                    RECORD_SQLITE,
+                    [
+                        Bind::Text(update.status),
+                        Bind::Integer(attempt.number),
+                        Bind::Timestamp(update.next_attempt_at),
+                        Bind::OptionalInteger(update.last_status_code),
+                        Bind::OptionalText(update.last_error.as_deref()),
+                        Bind::OptionalTimestamp(update.delivered_at),
+                        Bind::Text(&attempt.delivery_id),
+                        Bind::Text(worker),
+                    ],
+                )
+                .execute(conn)?;
                 recorded.push(updated == 1);
             }
             let attempts: Vec<AttemptRow> = outcomes
@@ -456,48 +471,10 @@ pub fn record_fenced(
     }
 }
 
-/// SQLite: one outcome, fenced by the lease. Its SQL never varies, so the
-/// connection prepares it once (diesel prepares every `UPDATE` of its DSL
-/// anew, and parsing was most of the cost of recording).
-#[derive(Debug, Clone, Copy)]
-struct RecordOne<'a> {
-    worker: &'a str,
-    outcome: &'a AttemptOutcome,
-}
-
-impl diesel::query_builder::QueryId for RecordOne<'_> {
-    type QueryId = RecordOne<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for RecordOne<'_> {
-    fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
-    ) -> QueryResult<()> {
-        let (attempt, update) = (&self.outcome.attempt, &self.outcome.update);
-        out.push_sql("UPDATE deliveries SET status = ");
-        out.push_bind_param::<Text, _>(update.status)?;
-        out.push_sql(", attempts = ");
-        out.push_bind_param::<Integer, _>(&attempt.number)?;
-        out.push_sql(", next_attempt_at = ");
-        out.push_bind_param::<Timestamp, _>(&update.next_attempt_at)?;
-        out.push_sql(", last_status_code = ");
-        out.push_bind_param::<Nullable<Integer>, _>(&update.last_status_code)?;
-        out.push_sql(", last_error = ");
-        out.push_bind_param::<Nullable<Text>, _>(&update.last_error)?;
-        out.push_sql(", delivered_at = ");
-        out.push_bind_param::<Nullable<Timestamp>, _>(&update.delivered_at)?;
-        out.push_sql(", locked_until = NULL, locked_by = NULL WHERE id = ");
-        out.push_bind_param::<Text, _>(&attempt.delivery_id)?;
-        out.push_sql(" AND locked_by = ");
-        out.push_bind_param::<Text, _>(self.worker)?;
-        out.push_sql(" AND status = 'pending'");
-        Ok(())
-    }
-}
-
-impl<Conn> RunQueryDsl<Conn> for RecordOne<'_> {}
+/// SQLite: one outcome, fenced by the lease.
+const RECORD_SQLITE: &str = "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?,
+        last_status_code = ?, last_error = ?, delivered_at = ?, locked_until = NULL, locked_by = NULL
+    WHERE id = ? AND locked_by = ? AND status = 'pending'";
 
 /// See the function in the PostgreSQL migration that made the engine.
 const RECORD_POSTGRES: &str =

@@ -9,6 +9,7 @@ use time::PrimitiveDateTime;
 
 use super::DbConnection;
 use super::deliveries::Verdict;
+use super::fixed::{Bind, Fixed};
 use super::models::SubscriptionRow;
 use super::schema::subscriptions;
 use crate::domain::{EventType, EventTypes};
@@ -84,24 +85,21 @@ pub fn delete_owned(conn: &mut DbConnection, id: &str, owner: &str) -> QueryResu
     Ok(deleted)
 }
 
-/// The enabled subscriptions that want `event_type` on any of `message_ids`
-/// (those without a message filter included), in id order.
+/// The enabled subscriptions that want `event_type` on `message_id` (those
+/// without a message filter included), in id order.
 pub fn matching(
     conn: &mut DbConnection,
     event_type: EventType,
-    message_ids: &[&str],
+    message_id: &str,
 ) -> QueryResult<Vec<SubscriptionRow>> {
-    subscriptions::table
-        .filter(subscriptions::enabled.eq(1))
-        .filter(subscriptions::event_types.like(EventTypes::stored_pattern(event_type)))
-        .filter(
-            subscriptions::message_id
-                .is_null()
-                .or(subscriptions::message_id.eq_any(message_ids)),
-        )
-        .select(SubscriptionRow::as_select())
-        .order(subscriptions::id.asc())
-        .load(conn)
+    let pattern = EventTypes::stored_pattern(event_type);
+    Fixed::new(
+        "SELECT * FROM subscriptions
+         WHERE enabled = 1 AND event_types LIKE ? AND (message_id IS NULL OR message_id = ?)
+         ORDER BY id",
+        [Bind::Text(&pattern), Bind::Text(message_id)],
+    )
+    .load(conn)
 }
 
 /// Applies what attempts, in the order they finished, say about their

@@ -18,7 +18,10 @@
 //! [`queue::begin_sql`]), which makes their claims and their leases at
 //! creation see each other, and the feed counter is taken once per batch.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
 
 use diesel::prelude::*;
 use tokio::sync::{mpsc, oneshot};
@@ -112,9 +115,16 @@ impl Writer {
         settings: WriterSettings,
         handoff: Option<Handoff>,
     ) -> anyhow::Result<Self> {
-        let conn = url.establish()?;
+        let mut conn = url.establish()?;
+        let alive = Arc::new(());
+        if let DbConnection::Sqlite(sqlite) = &mut conn {
+            // Checkpoints run beside the writer, not in its commits.
+            sqlite.batch_execute("PRAGMA wal_autocheckpoint = 0")?;
+            spawn_checkpointer(url.establish()?, Arc::downgrade(&alive))?;
+        }
         let (sender, receiver) = mpsc::channel(settings.queue.max(1));
         let thread = Thread {
+            _alive: alive,
             url: url.clone(),
             conn: Some(conn),
             receiver,
@@ -186,8 +196,30 @@ impl Writer {
     }
 }
 
+/// SQLite: copies the write-ahead log into the database file every so
+/// often, on a connection of its own. A passive checkpoint never waits for
+/// the writer, and the writer's commits never stop to checkpoint (which put
+/// tens of milliseconds into the commit that happened to fill the log).
+/// Stops when the writer does.
+fn spawn_checkpointer(mut conn: DbConnection, writer: std::sync::Weak<()>) -> std::io::Result<()> {
+    const EVERY: Duration = Duration::from_millis(250);
+    std::thread::Builder::new()
+        .name("thinhook-checkpoint".into())
+        .spawn(move || {
+            while writer.upgrade().is_some() {
+                std::thread::sleep(EVERY);
+                if let Err(error) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::warn!(%error, "WAL checkpoint failed");
+                }
+            }
+        })
+        .map(drop)
+}
+
 /// The writer's thread and what it owns.
 struct Thread {
+    /// Dropped when the thread ends, which stops the checkpointer.
+    _alive: Arc<()>,
     url: DatabaseUrl,
     /// `None` after a failure that may have broken it; reopened for the next batch.
     conn: Option<DbConnection>,

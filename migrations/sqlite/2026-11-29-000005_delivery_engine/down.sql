@@ -2,6 +2,22 @@ ALTER TABLE feed_state ADD COLUMN pruned_through BIGINT NOT NULL DEFAULT 0;
 UPDATE feed_state SET pruned_through = (SELECT pruned_through FROM feed_retention WHERE feed_retention.id = feed_state.id);
 DROP TABLE feed_retention;
 DROP TABLE workers;
+CREATE TABLE events_old (
+    id TEXT PRIMARY KEY NOT NULL,
+    event_type TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    resource_path TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    feed_position BIGINT
+);
+INSERT INTO events_old SELECT * FROM events;
+DROP TABLE events;
+ALTER TABLE events_old RENAME TO events;
+CREATE UNIQUE INDEX events_by_feed_position ON events (feed_position);
+CREATE INDEX events_by_resource ON events (resource_id);
 CREATE INDEX events_by_created_at ON events (created_at);
 CREATE TABLE deliveries_old (
     id TEXT PRIMARY KEY NOT NULL,
