@@ -318,15 +318,6 @@ impl Leases {
                 room: HashMap::new(),
             });
         };
-        // SQLite has one dispatching process, which leases at creation: no
-        // other worker can hold a lease.
-        if matches!(conn, DbConnection::Sqlite(_)) {
-            return Ok(Self {
-                until: Some(lease.until),
-                capacity: lease.capacity,
-                room: HashMap::new(),
-            });
-        }
         let ids: BTreeSet<&str> = targets.iter().flatten().map(|s| s.id.as_str()).collect();
         let ids: Vec<&str> = ids.into_iter().collect();
         let counts = queue::lease_counts(conn, &ids, lease.worker, lease.now)?;

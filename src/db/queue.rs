@@ -13,11 +13,17 @@
 //!   taken round robin across subscriptions, so one huge or slow subscription
 //!   never starves the others.
 //!
+//! Only pending deliveries are ever leased (an outcome releases the lease in
+//! the update that changes the status), so queries on leases look at the
+//! leases alone: that way only the small index of leased rows can serve
+//! them, never the index of everything pending.
+//!
 //! Leases count against a subscription's bound: a claim takes for a
 //! subscription at most the bound minus the live leases it already has, from
 //! any worker. A worker that is a subscription's *only* holder may lease more
-//! of its new deliveries at creation (it runs at most the bound at once), and
-//! then nobody else claims that subscription until it has drained. So the
+//! (all its new deliveries at creation, a few times the bound by claim: it
+//! runs at most the bound at once), and then nobody else claims that
+//! subscription until it has drained. So the
 //! deliveries of one subscription in flight across all processes stay within
 //! the bound. On PostgreSQL the batches of dispatching processes take
 //! [`QUEUE_LOCK`] first, so claims and leases at creation never race.
@@ -34,14 +40,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp};
 use time::PrimitiveDateTime;
 use tokio::sync::{Notify, mpsc};
 
 use super::DbConnection;
-use super::deliveries::{self, AttemptOutcome, Leased, PENDING};
+use super::deliveries::{self, AttemptOutcome, Leased};
 use super::fixed::{Bind, Fixed};
 use super::models::AttemptRow;
 use super::schema::{deliveries as d, workers};
@@ -166,31 +171,46 @@ impl Handoff {
     }
 }
 
-/// Live leases per subscription: `(this worker's, everyone else's)`.
+/// PostgreSQL: live leases per subscription, `(this worker's, everyone
+/// else's)`. Each subscription's are counted by lookups of their own in the
+/// index of leased rows, whatever the table's statistics say. (SQLite has
+/// one dispatching process: nobody else holds leases.)
 pub fn lease_counts(
     conn: &mut DbConnection,
     subscription_ids: &[&str],
     worker: &str,
     now: PrimitiveDateTime,
 ) -> QueryResult<HashMap<String, (i64, i64)>> {
-    let rows: Vec<(String, Option<String>, i64)> = d::table
-        .filter(d::subscription_id.eq_any(subscription_ids))
-        .filter(d::locked_until.is_not_null())
-        .filter(d::locked_until.gt(now))
-        .filter(d::status.eq(PENDING))
-        .group_by((d::subscription_id, d::locked_by))
-        .select((d::subscription_id, d::locked_by, count_star()))
-        .load(conn)?;
-    let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
-    for (subscription, holder, n) in rows {
-        let entry = counts.entry(subscription).or_default();
-        if holder.as_deref() == Some(worker) {
-            entry.0 += n;
-        } else {
-            entry.1 += n;
-        }
+    const SQL: &str = "
+        SELECT s.id AS subscription_id,
+            (SELECT COUNT(*) FROM deliveries h
+             WHERE h.subscription_id = s.id AND h.locked_until IS NOT NULL
+               AND h.locked_until > $2 AND h.locked_by = $3) AS mine,
+            (SELECT COUNT(*) FROM deliveries h
+             WHERE h.subscription_id = s.id AND h.locked_until IS NOT NULL
+               AND h.locked_until > $2 AND h.locked_by <> $3) AS others
+        FROM subscriptions s WHERE s.id = ANY($1)";
+    #[derive(QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = Text)]
+        subscription_id: String,
+        #[diesel(sql_type = BigInt)]
+        mine: i64,
+        #[diesel(sql_type = BigInt)]
+        others: i64,
     }
-    Ok(counts)
+    let DbConnection::Postgres(conn) = conn else {
+        return Ok(HashMap::new());
+    };
+    let rows: Vec<Counted> = diesel::sql_query(SQL)
+        .bind::<Array<Text>, _>(subscription_ids)
+        .bind::<Timestamp, _>(now)
+        .bind::<Text, _>(worker)
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.subscription_id, (row.mine, row.others)))
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -199,6 +219,10 @@ pub struct ClaimLimits {
     pub batch: i64,
     /// Live leases a subscription may have, from all workers together.
     pub per_subscription: i64,
+    /// Live leases a worker may hold of a subscription no other worker
+    /// holds: a worker runs at most `per_subscription` at once anyway, and
+    /// the rest wait in its queue instead of a claim away.
+    pub sole_holder: i64,
     /// Subscriptions visited per pass; the cursor carries on from there.
     pub window: i64,
 }
@@ -235,20 +259,29 @@ const END: &str = "~";
 /// first per subscription, as many per subscription as its room allows (at
 /// most `cap`). The subscriptions are visited in id order and the rows
 /// streamed, so that the claim stops at `batch` rows without looking at the
-/// rest: no sort over the whole backlog.
+/// rest: no sort over the whole backlog. Each subscription's live leases
+/// are counted by a lookup of its own, which only the index of leased rows
+/// serves well: a young table has no statistics, and a count over the whole
+/// table was planned as a scan of all of it.
 /// Placeholders: now, after, upto, per subscription, batch, cap.
 const CANDIDATES: &str = "
-    WITH held AS (
-        SELECT subscription_id, COUNT(*) AS n FROM deliveries
-        WHERE locked_until IS NOT NULL AND locked_until > {now} AND status = 'pending'
-        GROUP BY subscription_id
-    ),
-    subs AS MATERIALIZED (
-        SELECT s.id, {per_subscription} - COALESCE(held.n, 0) AS room
-        FROM subscriptions s LEFT JOIN held ON held.subscription_id = s.id
-        WHERE s.enabled = 1 AND s.id > {after} AND s.id <= {upto}
-          AND COALESCE(held.n, 0) < {per_subscription}
-        ORDER BY s.id
+    WITH subs AS MATERIALIZED (
+        SELECT id,
+            CASE WHEN others = 0 THEN {sole} - mine ELSE {per_subscription} - mine - others END
+                AS room
+        FROM (
+            SELECT s.id,
+                (SELECT COUNT(*) FROM deliveries h {leased}
+                 WHERE h.subscription_id = s.id AND h.locked_until IS NOT NULL
+                   AND h.locked_until > {now} AND h.locked_by = {worker}) AS mine,
+                (SELECT COUNT(*) FROM deliveries h {leased}
+                 WHERE h.subscription_id = s.id AND h.locked_until IS NOT NULL
+                   AND h.locked_until > {now} AND h.locked_by <> {worker}) AS others
+            FROM subscriptions s
+            WHERE s.enabled = 1 AND s.id > {after} AND s.id <= {upto}
+        ) counted
+        WHERE (others = 0 AND mine < {sole}) OR mine + others < {per_subscription}
+        ORDER BY id
     )
     SELECT d.id, subs.id AS subscription_id, subs.room FROM subs {join}
     LIMIT {batch}";
@@ -274,15 +307,18 @@ const JOIN_SQLITE: &str = "JOIN deliveries d ON d.id IN (
         LIMIT {cap}
     )";
 
-fn candidates_sql(placeholder: impl Fn(usize) -> String, join: &str) -> String {
+fn candidates_sql(placeholder: impl Fn(usize) -> String, join: &str, leased: &str) -> String {
     CANDIDATES
         .replace("{join}", join)
+        .replace("{leased}", leased)
         .replace("{now}", &placeholder(1))
         .replace("{after}", &placeholder(2))
         .replace("{upto}", &placeholder(3))
         .replace("{per_subscription}", &placeholder(4))
         .replace("{batch}", &placeholder(5))
         .replace("{cap}", &placeholder(6))
+        .replace("{worker}", &placeholder(7))
+        .replace("{sole}", &placeholder(8))
 }
 
 /// The id of the `window`-th enabled subscription after `after`, or [`END`].
@@ -309,6 +345,7 @@ fn window_end(conn: &mut DbConnection, after: &str, window: i64) -> QueryResult<
 
 fn candidates(
     conn: &mut DbConnection,
+    worker: &str,
     now: PrimitiveDateTime,
     (after, upto): (&str, &str),
     limits: ClaimLimits,
@@ -321,14 +358,30 @@ fn candidates(
                 .bind::<Text, _>(upto)
                 .bind::<BigInt, _>(limits.per_subscription)
                 .bind::<BigInt, _>(limits.batch)
-                .bind::<BigInt, _>(limits.per_subscription.min(limits.batch))
+                .bind::<BigInt, _>(
+                    limits
+                        .sole_holder
+                        .max(limits.per_subscription)
+                        .min(limits.batch),
+                )
+                .bind::<Text, _>(worker)
+                .bind::<BigInt, _>(limits.sole_holder)
                 .load::<Candidate>($conn)?
         };
     }
     let mut rows = match conn {
-        DbConnection::Sqlite(conn) => run!(conn, candidates_sql(|n| format!("?{n}"), JOIN_SQLITE)),
+        // A subscription's leases are counted in the small index of leased
+        // rows; without statistics SQLite might walk all its deliveries.
+        DbConnection::Sqlite(conn) => run!(
+            conn,
+            candidates_sql(
+                |n| format!("?{n}"),
+                JOIN_SQLITE,
+                "INDEXED BY deliveries_leased"
+            )
+        ),
         DbConnection::Postgres(conn) => {
-            run!(conn, candidates_sql(|n| format!("${n}"), JOIN_POSTGRES))
+            run!(conn, candidates_sql(|n| format!("${n}"), JOIN_POSTGRES, ""))
         }
     };
     // Keep within each subscription's room (SQLite could not say it in SQL).
@@ -365,7 +418,7 @@ pub fn claim(
             batch: (batch - rows.len()) as i64,
             ..limits
         };
-        rows.extend(candidates(conn, now, (&after, &upto), remaining)?);
+        rows.extend(candidates(conn, worker, now, (&after, &upto), remaining)?);
         if rows.len() >= batch {
             // The next claim starts after the last subscription served.
             break rows
@@ -495,8 +548,7 @@ pub fn renew(
     diesel::update(
         d::table
             .filter(d::locked_until.is_not_null())
-            .filter(d::locked_by.eq(worker))
-            .filter(d::status.eq(PENDING)),
+            .filter(d::locked_by.eq(worker)),
     )
     .set(d::locked_until.eq(locked_until))
     .execute(conn)

@@ -115,11 +115,9 @@ impl Writer {
         settings: WriterSettings,
         handoff: Option<Handoff>,
     ) -> anyhow::Result<Self> {
-        let mut conn = url.establish()?;
+        let conn = url.establish()?;
         let alive = Arc::new(());
-        if let DbConnection::Sqlite(sqlite) = &mut conn {
-            // Checkpoints run beside the writer, not in its commits.
-            sqlite.batch_execute("PRAGMA wal_autocheckpoint = 0")?;
+        if matches!(conn, DbConnection::Sqlite(_)) {
             spawn_checkpointer(url.establish()?, Arc::downgrade(&alive))?;
         }
         let (sender, receiver) = mpsc::channel(settings.queue.max(1));
@@ -197,10 +195,11 @@ impl Writer {
 }
 
 /// SQLite: copies the write-ahead log into the database file every so
-/// often, on a connection of its own. A passive checkpoint never waits for
-/// the writer, and the writer's commits never stop to checkpoint (which put
-/// tens of milliseconds into the commit that happened to fill the log).
-/// Stops when the writer does.
+/// often, on a connection of its own; a passive checkpoint never waits for
+/// the writer. The writer still checkpoints when the log is full (SQLite's
+/// automatic checkpoint), which is what lets the log start over, but by then
+/// little is left to copy: that commit no longer stops for tens of
+/// milliseconds. Stops when the writer does.
 fn spawn_checkpointer(mut conn: DbConnection, writer: std::sync::Weak<()>) -> std::io::Result<()> {
     const EVERY: Duration = Duration::from_millis(250);
     std::thread::Builder::new()

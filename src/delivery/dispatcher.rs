@@ -53,6 +53,10 @@ pub type Handoffs = mpsc::UnboundedReceiver<Vec<Leased>>;
 
 /// How often a PostgreSQL worker looks for dead workers to take work from.
 const REAP_INTERVAL: Duration = Duration::from_secs(5);
+/// A subscription no other worker holds may have this many times its bound
+/// leased to this one: enough waiting that its slots stay busy while the
+/// next claim is made.
+const SOLE_HOLDER_FACTOR: i64 = 4;
 /// Wait before recording again after a failure.
 const RECORD_RETRY: Duration = Duration::from_millis(500);
 
@@ -258,8 +262,10 @@ impl Dispatcher {
                 run.claiming = false;
                 match claimed {
                     Ok(claim) => {
-                        // A full claim means more may be due at once.
+                        // A full claim means more may be due at once; any
+                        // claim, that more may come due as leases end.
                         run.claim_wanted = claim.leased.len() >= self.settings.batch as usize;
+                        run.backlog = !claim.leased.is_empty();
                         run.cursor = claim.cursor;
                         self.capacity.take(claim.leased.len());
                         run.queues.extend(claim.leased);
@@ -281,6 +287,8 @@ impl Dispatcher {
                             );
                         }
                         self.capacity.give_back(outcomes.len());
+                        // Their leases ended: a subscription at its bound has room again.
+                        run.claim_wanted |= run.backlog;
                     }
                     Err(error) => {
                         tracing::error!(
@@ -303,6 +311,7 @@ impl Dispatcher {
         let limits = ClaimLimits {
             batch: i64::try_from(want).unwrap_or(i64::MAX),
             per_subscription: i64::from(self.settings.per_subscription),
+            sole_holder: i64::from(self.settings.per_subscription) * SOLE_HOLDER_FACTOR,
             window: i64::from(self.settings.claim_window),
         };
         let until = to_db(now + self.settings.lease);
@@ -419,6 +428,8 @@ struct Run {
     recording: bool,
     claiming: bool,
     claim_wanted: bool,
+    /// The last claim found work: claim again whenever leases end.
+    backlog: bool,
     /// Where the next claim starts (round robin across subscriptions).
     cursor: String,
 }
@@ -434,6 +445,7 @@ impl Run {
             recording: false,
             claiming: false,
             claim_wanted: true,
+            backlog: false,
             cursor: String::new(),
         }
     }

@@ -404,7 +404,8 @@ impl TestApp {
     }
 
     /// Claims due deliveries for `worker` through the server's writer, as a
-    /// dispatcher would, with a 60 s lease.
+    /// dispatcher would, with a 60 s lease; never more than `per_subscription`
+    /// leases of one subscription, even for its only holder.
     pub async fn claim_as(
         &self,
         worker: &str,
@@ -420,6 +421,7 @@ impl TestApp {
         let limits = thinhook::db::queue::ClaimLimits {
             batch,
             per_subscription,
+            sole_holder: per_subscription,
             window: 100,
         };
         self.writer
