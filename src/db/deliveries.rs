@@ -201,6 +201,45 @@ pub struct FetchMark {
 /// Each step reads one table by one index (resource → events → their
 /// deliveries → those deliveries' subscriptions), so the cost follows the
 /// fetched resource, never a subscription's whole history.
+/// Sets each delivery's `fetched_at` unless it is set already. Fetch times
+/// rarely repeat, so on PostgreSQL, where each statement is a round trip,
+/// one statement sets them all.
+fn set_fetched_at(
+    conn: &mut DbConnection,
+    fetched: &[(&str, PrimitiveDateTime)],
+) -> QueryResult<usize> {
+    if fetched.is_empty() {
+        return Ok(0);
+    }
+    if let DbConnection::Postgres(conn) = conn {
+        use diesel::sql_types::{Array, Text, Timestamp};
+        let (ids, times): (Vec<&str>, Vec<PrimitiveDateTime>) = fetched.iter().copied().unzip();
+        return diesel::sql_query(
+            "UPDATE deliveries AS d SET fetched_at = m.at \
+             FROM unnest($1::text[], $2::timestamp[]) AS m(id, at) \
+             WHERE d.id = m.id AND d.fetched_at IS NULL",
+        )
+        .bind::<Array<Text>, _>(ids)
+        .bind::<Array<Timestamp>, _>(times)
+        .execute(conn);
+    }
+    let mut by_time: BTreeMap<PrimitiveDateTime, Vec<&str>> = BTreeMap::new();
+    for &(id, at) in fetched {
+        by_time.entry(at).or_default().push(id);
+    }
+    let mut marked = 0;
+    for (at, ids) in by_time {
+        marked += diesel::update(
+            deliveries::table
+                .filter(deliveries::id.eq_any(&ids))
+                .filter(deliveries::fetched_at.is_null()),
+        )
+        .set(deliveries::fetched_at.eq(at))
+        .execute(conn)?;
+    }
+    Ok(marked)
+}
+
 pub fn mark_fetched_all(conn: &mut DbConnection, marks: &[FetchMark]) -> QueryResult<usize> {
     let resources: BTreeSet<&str> = marks.iter().map(|m| m.resource_id.as_str()).collect();
     let resources: Vec<&str> = resources.into_iter().collect();
@@ -242,24 +281,14 @@ pub fn mark_fetched_all(conn: &mut DbConnection, marks: &[FetchMark]) -> QueryRe
             .and_modify(|at| *at = (*at).min(mark.at))
             .or_insert(mark.at);
     }
-    let mut by_time: BTreeMap<PrimitiveDateTime, Vec<&str>> = BTreeMap::new();
+    let mut fetched: Vec<(&str, PrimitiveDateTime)> = Vec::new();
     for (delivery, event, subscription) in &unfetched {
         let (Some(resource), Some(owner)) = (events.get(event), owners.get(subscription)) else {
             continue;
         };
         if let Some(at) = first.get(&(resource.as_str(), owner.as_str())) {
-            by_time.entry(*at).or_default().push(delivery);
+            fetched.push((delivery, *at));
         }
     }
-    let mut marked = 0;
-    for (at, ids) in by_time {
-        marked += diesel::update(
-            deliveries::table
-                .filter(deliveries::id.eq_any(&ids))
-                .filter(deliveries::fetched_at.is_null()),
-        )
-        .set(deliveries::fetched_at.eq(at))
-        .execute(conn)?;
-    }
-    Ok(marked)
+    set_fetched_at(conn, &fetched)
 }

@@ -172,45 +172,37 @@ impl Handoff {
 }
 
 /// PostgreSQL: live leases per subscription, `(this worker's, everyone
-/// else's)`. Each subscription's are counted by lookups of their own in the
-/// index of leased rows, whatever the table's statistics say. (SQLite has
-/// one dispatching process: nobody else holds leases.)
+/// else's)`. The index of leased rows, by subscription and lease end, is the
+/// one that fits. (SQLite has one dispatching process: nobody else holds
+/// leases.)
 pub fn lease_counts(
     conn: &mut DbConnection,
     subscription_ids: &[&str],
     worker: &str,
     now: PrimitiveDateTime,
 ) -> QueryResult<HashMap<String, (i64, i64)>> {
-    const SQL: &str = "
-        SELECT s.id AS subscription_id,
-            (SELECT COUNT(*) FROM deliveries h
-             WHERE h.subscription_id = s.id AND h.locked_until IS NOT NULL
-               AND h.locked_until > $2 AND h.locked_by = $3) AS mine,
-            (SELECT COUNT(*) FROM deliveries h
-             WHERE h.subscription_id = s.id AND h.locked_until IS NOT NULL
-               AND h.locked_until > $2 AND h.locked_by <> $3) AS others
-        FROM subscriptions s WHERE s.id = ANY($1)";
-    #[derive(QueryableByName)]
-    struct Counted {
-        #[diesel(sql_type = Text)]
-        subscription_id: String,
-        #[diesel(sql_type = BigInt)]
-        mine: i64,
-        #[diesel(sql_type = BigInt)]
-        others: i64,
-    }
     let DbConnection::Postgres(conn) = conn else {
         return Ok(HashMap::new());
     };
-    let rows: Vec<Counted> = diesel::sql_query(SQL)
-        .bind::<Array<Text>, _>(subscription_ids)
-        .bind::<Timestamp, _>(now)
-        .bind::<Text, _>(worker)
+    // A query diesel prepares once (`IN` is `= ANY($1)` on PostgreSQL).
+    let rows: Vec<(String, Option<String>, i64)> = d::table
+        .filter(d::subscription_id.eq_any(subscription_ids))
+        .filter(d::locked_until.is_not_null())
+        .filter(d::locked_until.gt(now))
+        .filter(d::status.eq(super::deliveries::PENDING))
+        .group_by((d::subscription_id, d::locked_by))
+        .select((d::subscription_id, d::locked_by, diesel::dsl::count_star()))
         .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.subscription_id, (row.mine, row.others)))
-        .collect())
+    let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
+    for (subscription, holder, n) in rows {
+        let entry = counts.entry(subscription).or_default();
+        if holder.as_deref() == Some(worker) {
+            entry.0 += n;
+        } else {
+            entry.1 += n;
+        }
+    }
+    Ok(counts)
 }
 
 #[derive(Debug, Clone, Copy)]
