@@ -36,8 +36,14 @@ pub struct BenchArgs {
     pub gateway_bin: Option<PathBuf>,
     /// `sqlite` (a fresh file) or a PostgreSQL admin URL, on which a fresh
     /// `thinhook_bench_<random>` database is created and dropped after.
+    /// Repeatable: the same loads run on each database in turn.
     #[arg(long, default_value = "sqlite", value_parser = BenchDatabase::parse)]
-    pub database: BenchDatabase,
+    pub database: Vec<BenchDatabase>,
+    /// Instead of one load, run the loads of BENCHMARKS.md (fan-out 1 and
+    /// 10 saturated, paced 600/s at fan-out 1 and 200/s at fan-out 10 with
+    /// notify+fetch, a 100,000-event backlog) and end with a summary.
+    #[arg(long, conflicts_with_all = ["scenario", "events", "fan_out", "rate", "fetch"])]
+    pub suite: bool,
     /// `live`: `serve --role all` under load. `backlog`: post everything to
     /// `serve --role api`, stop it, then time a `serve --role worker` draining it.
     #[arg(long, value_enum, default_value = "live")]
@@ -144,10 +150,115 @@ fn parse_env(value: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs the bench, prints the report, and fails unless every accepted
-/// event reached every subscription exactly once without a 500. The
-/// gateway is stopped and the database removed however the run ends.
+/// One load of `--suite`.
+struct SuiteLoad {
+    label: &'static str,
+    scenario: Scenario,
+    events: u64,
+    fan_out: u32,
+    rate: Option<f64>,
+    fetch: bool,
+}
+
+/// The loads BENCHMARKS.md reports, each long enough to reach a steady state.
+const SUITE: [SuiteLoad; 5] = [
+    SuiteLoad {
+        label: "fan-out 1, saturated",
+        scenario: Scenario::Live,
+        events: 20_000,
+        fan_out: 1,
+        rate: None,
+        fetch: false,
+    },
+    SuiteLoad {
+        label: "fan-out 10, saturated",
+        scenario: Scenario::Live,
+        events: 6_000,
+        fan_out: 10,
+        rate: None,
+        fetch: false,
+    },
+    SuiteLoad {
+        label: "fan-out 1, 600/s, fetch",
+        scenario: Scenario::Live,
+        events: 18_000,
+        fan_out: 1,
+        rate: Some(600.0),
+        fetch: true,
+    },
+    SuiteLoad {
+        label: "fan-out 10, 200/s, fetch",
+        scenario: Scenario::Live,
+        events: 6_000,
+        fan_out: 10,
+        rate: Some(200.0),
+        fetch: true,
+    },
+    SuiteLoad {
+        label: "backlog 100k",
+        scenario: Scenario::Backlog,
+        events: 100_000,
+        fan_out: 1,
+        rate: None,
+        fetch: false,
+    },
+];
+
+/// Runs the load (or with `--suite` every load of the suite) on each
+/// database, prints each report, and fails unless every run delivered
+/// every accepted event to every subscription exactly once without a 500.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let loads: Vec<BenchArgs> = if args.suite {
+        SUITE
+            .iter()
+            .map(|load| BenchArgs {
+                scenario: load.scenario,
+                events: load.events,
+                fan_out: load.fan_out,
+                rate: load.rate,
+                fetch: load.fetch,
+                label: Some(match &args.label {
+                    Some(label) => format!("{label}: {}", load.label),
+                    None => load.label.to_owned(),
+                }),
+                ..args.clone()
+            })
+            .collect()
+    } else {
+        vec![args.clone()]
+    };
+    let mut reports = Vec::new();
+    for database in &args.database {
+        for load in &loads {
+            reports.push(run_one(load, database).await?);
+        }
+    }
+    if reports.len() > 1 {
+        print!("{}", report::summary(&reports));
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|report| !report.passed)
+        .map(|report| {
+            format!(
+                "{} {}: {}",
+                report.backend,
+                report.label.as_deref().unwrap_or(report.scenario),
+                report.failures.join("; ")
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "the bench failed: {}",
+        failed.join(" | ")
+    );
+    Ok(())
+}
+
+/// One load on one database: prints its report and returns it. The
+/// gateway is stopped and the database removed however the run ends.
+async fn run_one(args: &BenchArgs, database: &BenchDatabase) -> anyhow::Result<Report> {
     anyhow::ensure!(
         !(args.fetch && args.scenario == Scenario::Backlog),
         "--fetch needs the API, which the backlog scenario stops before the drain"
@@ -162,8 +273,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .prefix("thinhook-bench-")
         .tempdir()
         .context("cannot make a scratch directory")?;
+    let backend = database.name();
     let database = {
-        let (database, path) = (args.database.clone(), dir.path().to_owned());
+        let (database, path) = (database.clone(), dir.path().to_owned());
         tokio::task::spawn_blocking(move || ScratchDatabase::create(&database, &path)).await??
     };
     let mut gateway = GatewayCommand::new(
@@ -180,7 +292,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let measured = tokio::select! {
         measured = tokio::time::timeout_at(
             (deadline + TEARDOWN).into(),
-            measure(&args, &gateway, started, deadline),
+            measure(args, backend, &gateway, started, deadline),
         ) => measured.unwrap_or_else(|_| Err(anyhow::anyhow!("the run overran --max-secs"))),
         () = crate::startup::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
     };
@@ -207,9 +319,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     removed?;
     if !report.passed {
         print_log_tail(&gateway);
-        anyhow::bail!("the bench failed: {}", report.failures.join("; "));
     }
-    Ok(())
+    Ok(report)
 }
 
 fn print_log_tail(gateway: &GatewayCommand) {
@@ -231,6 +342,7 @@ fn append_line(path: &std::path::Path, line: &str) -> anyhow::Result<()> {
 /// Sets up, loads, waits for the deliveries and reports.
 async fn measure(
     args: &BenchArgs,
+    backend: &'static str,
     gateway: &GatewayCommand,
     started: Instant,
     deadline: Instant,
@@ -331,7 +443,7 @@ async fn measure(
     Ok(Report {
         label: args.label.clone(),
         gateway_bin: gateway.bin.display().to_string(),
-        backend: args.database.name(),
+        backend,
         scenario: args.scenario.name(),
         fetch: args.fetch,
         fan_out: args.fan_out,

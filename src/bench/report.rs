@@ -140,6 +140,39 @@ pub fn per_sec(count: u64, window: Duration) -> f64 {
     }
 }
 
+/// A Markdown table of several runs, one row each: the figures
+/// BENCHMARKS.md quotes.
+pub fn summary(reports: &[Report]) -> String {
+    let mut out = String::from(
+        "\n| backend | load | accepted/s | deliveries/s | drain s | e2e p50 / p99 ms \
+         | notify+fetch p99 ms | duplicates | 500s | CPU s | peak RSS MiB | passed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let ms = |latency: Option<Latency>, pick: fn(&Latency) -> f64| {
+        latency.map_or("-".to_owned(), |l| format!("{:.1}", pick(&l)))
+    };
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {} / {} | {} | {} | {} | {:.1} | {:.0} | {} |",
+            r.backend,
+            r.label.as_deref().unwrap_or(r.scenario),
+            r.accepted_per_sec,
+            r.deliveries_per_sec,
+            r.drain_secs,
+            ms(r.e2e_ms, |l| l.p50),
+            ms(r.e2e_ms, |l| l.p99),
+            ms(r.fetch_ms, |l| l.p99),
+            r.duplicates,
+            r.post_500,
+            r.gateway_cpu_secs,
+            r.gateway_peak_rss_mb,
+            if r.passed { "yes" } else { "no" },
+        );
+    }
+    out
+}
+
 /// The one JSON line of a run (field order is the table's).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -514,5 +547,20 @@ mod tests {
         assert_eq!(json["rate"], serde_json::Value::Null);
         assert_eq!(json["passed"], true);
         assert!(passing_report().table().contains("PASS"));
+    }
+
+    #[test]
+    fn the_summary_has_a_row_per_run() {
+        let summary = summary(&[passing_report(), passing_report()]);
+        let rows: Vec<&str> = summary
+            .lines()
+            .filter(|l| l.starts_with("| sqlite"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{summary}");
+        assert!(rows[0].ends_with("| yes |"), "{summary}");
+        assert_eq!(
+            rows[0].matches('|').count(),
+            summary.lines().nth(1).unwrap().matches('|').count()
+        );
     }
 }
