@@ -40,6 +40,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub events: EventsSettings,
     pub secrets: SecretsSettings,
+    pub limits: LimitSettings,
     pub log: LogSettings,
 }
 
@@ -140,6 +141,24 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// What one caller may ask of this process. Rates are kept in memory per
+/// process; 0 turns a rate limit off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Requests per second one client may make to the authenticated routes.
+    pub api_per_second: f64,
+    /// Requests one client may make at once beyond that rate.
+    pub api_burst: u32,
+    /// `POST /oauth/token` requests per second per source address, and
+    /// separately per client id.
+    pub token_per_second: f64,
+    pub token_burst: u32,
+    /// Client secrets checked at once (argon2id, about 20 ms of one core
+    /// each); 0: half the CPU cores, at least 1.
+    pub concurrent_secret_checks: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -160,6 +179,7 @@ impl Default for Settings {
             delivery: DeliverySettings::default(),
             events: EventsSettings::default(),
             secrets: SecretsSettings::default(),
+            limits: LimitSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -226,6 +246,18 @@ impl Default for SecretsSettings {
         Self {
             encryption_key: String::new(),
             key_file: "thinhook.key".into(),
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            api_per_second: 200.0,
+            api_burst: 400,
+            token_per_second: 1.0,
+            token_burst: 10,
+            concurrent_secret_checks: 0,
         }
     }
 }
@@ -308,6 +340,14 @@ impl Settings {
         if self.auth.audience.trim().is_empty() {
             return Err(("auth.audience", "must not be empty".into()));
         }
+        for (key, rate) in [
+            ("limits.api_per_second", self.limits.api_per_second),
+            ("limits.token_per_second", self.limits.token_per_second),
+        ] {
+            if !(rate.is_finite() && rate >= 0.0) {
+                return Err((key, "must be 0 (no limit) or a positive number".into()));
+            }
+        }
         let delivery = &self.delivery;
         for cidr in &delivery.allow_cidrs {
             cidr.parse::<crate::delivery::ssrf::Cidr>()
@@ -347,6 +387,8 @@ impl Settings {
                 self.auth.revocation_refresh_ms,
             ),
             ("events.retention_days", self.events.retention_days),
+            ("limits.api_burst", u64::from(self.limits.api_burst)),
+            ("limits.token_burst", u64::from(self.limits.token_burst)),
             (
                 "events.prune_interval_secs",
                 self.events.prune_interval_secs,

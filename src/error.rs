@@ -49,6 +49,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The caller's rate limit is spent.
+    #[error("too many requests: at most {} per second (bursts of {}); retry after {retry_after_secs} s", policy.rate, policy.burst)]
+    RateLimited {
+        policy: crate::rate_limit::Policy,
+        retry_after_secs: u64,
+    },
     #[error("the service is temporarily unable to handle the request")]
     Unavailable(#[source] anyhow::Error),
     #[error("the server failed to handle the request")]
@@ -83,6 +89,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::RateLimited { .. } => "rate-limited",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -100,6 +107,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => "Method not allowed",
             Self::PayloadTooLarge(_) => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::RateLimited { .. } => "Too many requests",
             Self::Unavailable(_) => "Service unavailable",
             Self::Internal(_) => "Internal server error",
         }
@@ -127,6 +135,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -146,6 +155,15 @@ impl ResponseError for ApiError {
         match self {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            Self::RateLimited {
+                policy,
+                retry_after_secs,
+            } => {
+                response.insert_header((header::RETRY_AFTER, *retry_after_secs));
+                for (name, value) in crate::http::limits::headers(*policy, 0, *retry_after_secs) {
+                    response.insert_header((name, value));
+                }
             }
             // RFC 6750 §3: the challenge names the error; descriptions are
             // fixed texts, safe inside a quoted string.

@@ -44,6 +44,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod listen;
+pub mod rate_limit;
 pub mod retention;
 pub mod secret_box;
 pub mod startup;

@@ -70,6 +70,8 @@ pub struct Application {
     wake: Arc<Notify>,
     /// Kept fresh while the API runs.
     revocations: Option<(Arc<Revocations>, Duration)>,
+    /// The API's token checks and limits (none for a worker).
+    authenticator: Option<web::Data<Authenticator>>,
     shutdown_grace: Duration,
     clock: SharedClock,
     retention: Duration,
@@ -219,8 +221,8 @@ impl Application {
             handoffs,
         }));
 
-        let (server, revocations) = match listener {
-            None => (None, None),
+        let (server, revocations, authenticator) = match listener {
+            None => (None, None, None),
             Some(listener) => {
                 let revocations = Arc::new(Revocations::load(db.clone()).await?);
                 let authenticator = web::Data::new(authenticator(
@@ -244,8 +246,10 @@ impl Application {
                     },
                 });
                 let max_body_bytes = settings.max_body_bytes;
+                let authenticator_data = authenticator.clone();
                 let mut server = HttpServer::new(move || {
                     App::new()
+                        .wrap(from_fn(http::limits::middleware))
                         .wrap(from_fn(request_id::middleware))
                         .app_data(state.clone())
                         .app_data(authenticator.clone())
@@ -261,6 +265,7 @@ impl Application {
                 (
                     Some(server.listen(listener)?.run()),
                     Some((revocations, refresh)),
+                    Some(authenticator_data),
                 )
             }
         };
@@ -274,6 +279,7 @@ impl Application {
             writer,
             wake,
             revocations,
+            authenticator,
             shutdown_grace,
             clock,
             retention: Duration::from_secs(settings.events.retention_days * 86_400),
@@ -294,6 +300,11 @@ impl Application {
     /// The dispatcher; tests drive it with `dispatch_all_pending`.
     pub fn dispatcher(&self) -> Arc<Dispatcher> {
         self.dispatcher.clone()
+    }
+
+    /// The API's token checks and limits (none for a worker).
+    pub fn authenticator(&self) -> Option<web::Data<Authenticator>> {
+        self.authenticator.clone()
     }
 
     /// This process's writer.
@@ -441,6 +452,7 @@ fn authenticator(
         clock: clock.clone(),
         revocations,
         verified: Default::default(),
+        limits: crate::auth::Limits::new(&settings.limits),
     })
 }
 

@@ -46,30 +46,33 @@ pub fn create(
     })
 }
 
-/// The client and the scopes it may ask for, if `client_id` names an active
-/// client whose secret is `presented`. Takes about as long either way.
-pub fn authenticate(
+/// The active client named `client_id`, whose secret is then checked by
+/// [`check_secret`] with no connection held.
+pub fn find_active(
     conn: &mut DbConnection,
-    client_id: &str,
-    presented: &str,
-) -> QueryResult<Option<(ClientId, Scopes)>> {
-    let row = match ClientId::parse(client_id) {
-        Ok(id) => clients::find(conn, id.as_str())?,
-        Err(_) => None,
-    };
-    let Some(row) = row.filter(|row| row.revoked_at.is_none()) else {
+    client_id: &ClientId,
+) -> QueryResult<Option<ClientRow>> {
+    Ok(clients::find(conn, client_id.as_str())?.filter(|row| row.revoked_at.is_none()))
+}
+
+/// The client and the scopes it may ask for, if `presented` is the secret
+/// of `client`. Takes about as long when there is no such client, so
+/// response times do not tell which client ids exist. CPU-bound (argon2id):
+/// run it off the async workers.
+pub fn check_secret(client: Option<&ClientRow>, presented: &str) -> Option<(ClientId, Scopes)> {
+    let Some(row) = client else {
         secret::verify_against_nothing(presented);
-        return Ok(None);
+        return None;
     };
     if !secret::verify(presented, &row.secret_hash) {
-        return Ok(None);
+        return None;
     }
     let (Ok(id), Ok(scopes)) = (ClientId::parse(&row.id), Scopes::parse(&row.scopes)) else {
         tracing::error!(
             client_id = row.id,
             "stored client has a malformed id or scopes"
         );
-        return Ok(None);
+        return None;
     };
-    Ok(Some((id, scopes)))
+    Some((id, scopes))
 }

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage as _, HttpRequest, web};
 
 pub use scope::{Scope, Scopes};
 use tokens::{TokenError, TokenPolicy};
@@ -32,6 +32,7 @@ use crate::clock::SharedClock;
 use crate::db::Database;
 use crate::domain::ClientId;
 use crate::error::ApiError;
+use crate::rate_limit::{Decision, Policy, RateLimiter};
 
 /// Verifies bearer tokens.
 #[derive(Debug)]
@@ -43,6 +44,50 @@ pub struct Authenticator {
     pub clock: SharedClock,
     pub revocations: Arc<revocations::Revocations>,
     pub verified: VerifiedTokens,
+    pub limits: Limits,
+}
+
+/// Rate limits of the authenticated routes and of the token endpoint.
+#[derive(Debug)]
+pub struct Limits {
+    /// Authenticated requests, by client id.
+    pub api: Option<RateLimiter>,
+    /// Token requests, by source address.
+    pub token_by_address: Option<RateLimiter>,
+    /// Token requests, by the client id they name.
+    pub token_by_client: Option<RateLimiter>,
+    /// Client secret checks running at once.
+    pub secret_checks: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limits {
+    pub fn new(settings: &crate::config::LimitSettings) -> Self {
+        let token = Policy {
+            rate: settings.token_per_second,
+            burst: settings.token_burst,
+        };
+        let checks = match settings.concurrent_secret_checks {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n as usize,
+        };
+        Self {
+            api: RateLimiter::new(Policy {
+                rate: settings.api_per_second,
+                burst: settings.api_burst,
+            }),
+            token_by_address: RateLimiter::new(token),
+            token_by_client: RateLimiter::new(token),
+            secret_checks: Arc::new(tokio::sync::Semaphore::new(checks)),
+        }
+    }
+}
+
+/// A request admitted by the API rate limit, for its `RateLimit` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    pub policy: Policy,
+    pub remaining: u32,
+    pub reset_secs: u64,
 }
 
 /// Tokens whose signature and claims have been verified, by their exact
@@ -133,6 +178,28 @@ impl Authenticator {
             scopes: verified.scopes,
         })
     }
+
+    /// Takes one request from the client's rate limit; `None` when there is
+    /// no limit.
+    pub fn admit(&self, client_id: &ClientId) -> Result<Option<Admitted>, ApiError> {
+        let Some(limiter) = &self.limits.api else {
+            return Ok(None);
+        };
+        match limiter.check(client_id.as_str(), std::time::Instant::now()) {
+            Decision::Allowed {
+                remaining,
+                reset_secs,
+            } => Ok(Some(Admitted {
+                policy: limiter.policy(),
+                remaining,
+                reset_secs,
+            })),
+            Decision::Limited { retry_after_secs } => Err(ApiError::RateLimited {
+                policy: limiter.policy(),
+                retry_after_secs,
+            }),
+        }
+    }
 }
 
 fn bearer_token(authorization: Option<&str>) -> Option<&str> {
@@ -185,6 +252,7 @@ impl<S: RequiredScope + 'static> FromRequest for Caller<S> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
         let authenticator = req.app_data::<web::Data<Authenticator>>().cloned();
         let authorization = req
             .headers()
@@ -197,6 +265,9 @@ impl<S: RequiredScope + 'static> FromRequest for Caller<S> {
             let principal = authenticator.authenticate(authorization.as_deref()).await?;
             if !principal.scopes.contains(S::SCOPE) {
                 return Err(ApiError::InsufficientScope(S::SCOPE));
+            }
+            if let Some(admitted) = authenticator.admit(&principal.client_id)? {
+                req.extensions_mut().insert(admitted);
             }
             Ok(Self {
                 client_id: principal.client_id,

@@ -31,7 +31,8 @@ const TEARDOWN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// The thinhook binary to measure [default: this one].
+    /// The thinhook binary to measure [default: this one, with its
+    /// per-client rate limit raised out of reach of one client's load].
     #[arg(long, value_name = "PATH")]
     pub gateway_bin: Option<PathBuf>,
     /// `sqlite` (a fresh file) or a PostgreSQL admin URL, on which a fresh

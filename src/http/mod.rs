@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod health;
+pub mod limits;
 pub mod messages;
 pub mod oauth;
 pub mod pagination;

@@ -14,7 +14,13 @@ use serde_json::json;
 
 use super::resource;
 use crate::auth::{self, Authenticator, Scopes};
+use crate::db::models::ClientRow;
+use crate::domain::ClientId;
 use crate::error::ApiError;
+use crate::rate_limit::Decision;
+
+/// The longest a token request waits for a free secret checker.
+const SECRET_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/oauth/token").route(web::post().to(token)))
@@ -32,6 +38,12 @@ enum OAuthError {
     InvalidScope(String),
     #[error("only the client_credentials grant is supported")]
     UnsupportedGrantType,
+    /// A token rate limit is spent (by source address or by client id).
+    #[error("too many token requests; retry after {retry_after_secs} s")]
+    SlowDown { retry_after_secs: u64 },
+    /// Every secret checker stayed busy.
+    #[error("too many token requests are being checked; retry shortly")]
+    Busy,
     #[error("the token service is unavailable")]
     Server(#[from] ApiError),
 }
@@ -43,6 +55,9 @@ impl OAuthError {
             Self::InvalidClient { .. } => "invalid_client",
             Self::InvalidScope(_) => "invalid_scope",
             Self::UnsupportedGrantType => "unsupported_grant_type",
+            // RFC 8628's code for a client asking too often.
+            Self::SlowDown { .. } => "slow_down",
+            Self::Busy => "temporarily_unavailable",
             Self::Server(_) => "server_error",
         }
     }
@@ -52,6 +67,8 @@ impl ResponseError for OAuthError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Server(inner) => inner.status_code(),
             _ => StatusCode::BAD_REQUEST,
         }
@@ -64,11 +81,20 @@ impl ResponseError for OAuthError {
         }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        if let Self::InvalidClient { basic: true } = self {
-            response.insert_header((
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Basic realm="thinhook""#),
-            ));
+        match self {
+            Self::InvalidClient { basic: true } => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Basic realm="thinhook""#),
+                ));
+            }
+            Self::SlowDown { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, *retry_after_secs));
+            }
+            Self::Busy => {
+                response.insert_header((header::RETRY_AFTER, 1));
+            }
+            _ => {}
         }
         response.json(json!({"error": self.code(), "error_description": self.to_string()}))
     }
@@ -161,25 +187,33 @@ async fn token(
         .map(|list| Scopes::parse(list).map_err(|e| OAuthError::InvalidScope(e.to_string())))
         .transpose()?;
     let (client_id, client_secret, basic) = client_credentials(&req, &form)?;
+    // The id format is public: a malformed one needs no secret check.
+    let client_id = ClientId::parse(&client_id).map_err(|_| OAuthError::InvalidClient { basic })?;
+    limit_token_requests(&req, &client_id, &authenticator)?;
+
+    let db = authenticator.db.clone();
+    let lookup = client_id.clone();
+    let client = db
+        .run(move |conn| auth::clients::find_active(conn, &lookup))
+        .await
+        .map_err(ApiError::from)?;
+    let (id, allowed) = check_secret(&authenticator, client, client_secret)
+        .await?
+        .ok_or(OAuthError::InvalidClient { basic })?;
+    let scopes = match requested {
+        Some(requested) if !requested.is_subset(&allowed) => {
+            return Err(OAuthError::InvalidScope(
+                "the requested scope exceeds what this client may ask for".into(),
+            ));
+        }
+        Some(requested) if !requested.is_empty() => requested,
+        _ => allowed,
+    };
 
     let auth = authenticator.clone();
     let issued = authenticator
         .db
         .run(move |conn| {
-            let Some((id, allowed)) =
-                auth::clients::authenticate(conn, &client_id, &client_secret)?
-            else {
-                return Ok(Err(OAuthError::InvalidClient { basic }));
-            };
-            let scopes = match requested {
-                Some(requested) if !requested.is_subset(&allowed) => {
-                    return Ok(Err(OAuthError::InvalidScope(
-                        "the requested scope exceeds what this client may ask for".into(),
-                    )));
-                }
-                Some(requested) if !requested.is_empty() => requested,
-                _ => allowed,
-            };
             let signed = auth
                 .keys
                 .signing_key(conn)
@@ -202,6 +236,55 @@ async fn token(
             expires_in: authenticator.policy.lifetime.as_secs(),
             scope,
         }))
+}
+
+/// Token requests are limited per source address and per client id, so a
+/// flood of guesses costs the flooder, not the gateway. Behind a reverse
+/// proxy every request comes from the proxy's address.
+fn limit_token_requests(
+    req: &HttpRequest,
+    client_id: &ClientId,
+    authenticator: &Authenticator,
+) -> Result<(), OAuthError> {
+    let now = std::time::Instant::now();
+    let address = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    for (limiter, key) in [
+        (&authenticator.limits.token_by_address, address.as_str()),
+        (&authenticator.limits.token_by_client, client_id.as_str()),
+    ] {
+        if let Some(limiter) = limiter
+            && let Decision::Limited { retry_after_secs } = limiter.check(key, now)
+        {
+            return Err(OAuthError::SlowDown { retry_after_secs });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the secret on the blocking pool, with no connection held, and at
+/// most `limits.concurrent_secret_checks` at once: argon2id is meant to be
+/// expensive, and a flood of checks must not take every core.
+async fn check_secret(
+    authenticator: &Authenticator,
+    client: Option<ClientRow>,
+    presented: String,
+) -> Result<Option<(ClientId, Scopes)>, OAuthError> {
+    let permit = tokio::time::timeout(
+        SECRET_CHECK_WAIT,
+        authenticator.limits.secret_checks.clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| OAuthError::Busy)?
+    .map_err(|_| OAuthError::Busy)?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        auth::clients::check_secret(client.as_ref(), &presented)
+    })
+    .await
+    .map_err(|e| OAuthError::Server(ApiError::Internal(e.into())))
 }
 
 async fn jwks(authenticator: web::Data<Authenticator>) -> Result<HttpResponse, ApiError> {

@@ -126,6 +126,8 @@ pub struct TestApp {
     pub dispatcher: Arc<Dispatcher>,
     /// The server's writer.
     pub writer: Writer,
+    /// The API's token checks and limits.
+    pub authenticator: Option<actix_web::web::Data<thinhook::auth::Authenticator>>,
     /// Answers name lookups for the server; tests set what names resolve to.
     pub resolver: Arc<TestResolver>,
     _database: TestDatabase,
@@ -216,6 +218,10 @@ pub async fn spawn_app_with(
     settings.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
     // Revocations are read often, so tests need not wait long for one.
     settings.auth.revocation_refresh_ms = 50;
+    // Tests ask for many tokens from one address, and some post thousands of
+    // comments as one client; the limits' own tests set them low.
+    settings.limits.token_burst = 10_000;
+    settings.limits.api_burst = 100_000;
     settings.secrets.encryption_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into();
     adjust(&mut settings);
 
@@ -229,7 +235,7 @@ pub async fn spawn_app_with(
         .await
         .expect("application builds");
     let address = format!("http://{}", app.address().expect("the API listens"));
-    let (dispatcher, writer) = (app.dispatcher(), app.writer());
+    let (dispatcher, writer, authenticator) = (app.dispatcher(), app.writer(), app.authenticator());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let db = Database::connect(&settings.database).expect("test pool connects");
     let mut app = TestApp {
@@ -245,6 +251,7 @@ pub async fn spawn_app_with(
         },
         dispatcher,
         writer,
+        authenticator,
         resolver,
         _database: database,
     };

@@ -18,6 +18,7 @@ mod events;
 mod fetch;
 mod health;
 mod lifecycle;
+mod limits;
 mod listen;
 mod messages;
 mod receiver;
