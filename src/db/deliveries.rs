@@ -101,6 +101,19 @@ pub struct AttemptOutcome {
     pub verdict: Verdict,
 }
 
+impl AttemptOutcome {
+    /// The same outcome without the text the receiver chose (its answer's
+    /// excerpt, and an error that may quote it).
+    pub fn without_text(&self) -> Self {
+        const NOTE: &str = "the answer could not be stored";
+        let mut plain = self.clone();
+        plain.attempt.response_excerpt = None;
+        plain.attempt.error = plain.attempt.error.as_ref().map(|_| NOTE.to_owned());
+        plain.update.last_error = plain.update.last_error.as_ref().map(|_| NOTE.to_owned());
+        plain
+    }
+}
+
 /// Records finished attempts of `worker`: each attempt row, the delivery's
 /// new state, the lease released, and what the attempts say about their
 /// subscriptions. An outcome counts only while its delivery is still leased

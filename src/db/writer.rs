@@ -416,6 +416,7 @@ impl Thread {
             };
             recorded.push(if careful {
                 conn.transaction(record_outcomes)
+                    .or_else(|_| record_one_by_one(conn, record))
             } else {
                 Ok(record_outcomes(conn)?)
             });
@@ -453,6 +454,37 @@ impl Thread {
             leased,
         })
     }
+}
+
+/// A record that failed as a whole, outcome by outcome: one outcome whose
+/// row cannot be stored must not hold back the others, nor itself. One that
+/// still fails is recorded without the receiver's text, so that no answer
+/// can wedge its delivery; only a failure of that too (the database itself)
+/// fails the record, which the dispatcher then retries.
+fn record_one_by_one(conn: &mut DbConnection, record: &Record) -> QueryResult<Vec<bool>> {
+    let mut recorded = Vec::with_capacity(record.outcomes.len());
+    for outcome in &record.outcomes {
+        let record_one = |conn: &mut DbConnection, outcome: &AttemptOutcome| {
+            conn.transaction(|conn| {
+                deliveries::record_outcomes(
+                    conn,
+                    &record.worker,
+                    std::slice::from_ref(outcome),
+                    record.disable_after,
+                )
+            })
+        };
+        let one = record_one(conn, outcome).or_else(|error| {
+            tracing::warn!(
+                %error,
+                delivery = outcome.attempt.delivery_id,
+                "cannot record an attempt as it came; recording it without the answer's text"
+            );
+            record_one(conn, &outcome.without_text())
+        })?;
+        recorded.push(one.first().copied().unwrap_or(false));
+    }
+    Ok(recorded)
 }
 
 /// The data commands of a batch.

@@ -129,7 +129,7 @@ impl Attempter {
             },
             next_attempt_at: to_db(finished + next_delay.unwrap_or_default()),
             last_status_code: reply.status.map(i32::from),
-            last_error: reply.error.clone(),
+            last_error: reply.error.as_deref().map(storable),
             delivered_at: (outcome == Outcome::Delivered).then(|| to_db(finished)),
         };
         if outcome == Outcome::Delivered {
@@ -163,8 +163,8 @@ impl Attempter {
                 started_at: to_db(started),
                 duration_ms: i64::try_from(reply.elapsed.as_millis()).unwrap_or(i64::MAX),
                 status_code: reply.status.map(i32::from),
-                error: reply.error,
-                response_excerpt: reply.excerpt,
+                error: reply.error.as_deref().map(storable),
+                response_excerpt: reply.excerpt.as_deref().map(storable),
             },
             update,
             verdict: match outcome {
@@ -207,5 +207,38 @@ impl Attempter {
             HeaderValue::from_str(&signature)?,
         );
         Ok((endpoint.url.clone(), headers, body))
+    }
+}
+
+/// The longest text kept from a receiver's answer (an excerpt, an error).
+const MAX_STORED_TEXT: usize = 8 * 1024;
+
+/// Text a receiver chose, made safe to store in any `TEXT` column: no NUL
+/// (PostgreSQL refuses it, which would fail the whole record), valid UTF-8
+/// (it is a `String`), and at most [`MAX_STORED_TEXT`] bytes.
+fn storable(text: &str) -> String {
+    let mut kept: String = text.chars().filter(|&c| c != '\0').collect();
+    if kept.len() > MAX_STORED_TEXT {
+        let mut end = MAX_STORED_TEXT;
+        while !kept.is_char_boundary(end) {
+            end -= 1;
+        }
+        kept.truncate(end);
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_text_has_no_nul_and_a_bounded_length() {
+        assert_eq!(storable("200 ok\0"), "200 ok");
+        assert_eq!(storable("a\0b\0"), "ab");
+        let long = "é".repeat(MAX_STORED_TEXT);
+        let kept = storable(&long);
+        assert!(kept.len() <= MAX_STORED_TEXT);
+        assert!(kept.chars().all(|c| c == 'é'));
     }
 }

@@ -36,6 +36,7 @@ pub struct Reply {
     /// Fetch the notification's resource with this token before answering,
     /// as most receivers do.
     pub fetch_with: Option<String>,
+    pub body: Vec<u8>,
 }
 
 impl Reply {
@@ -45,7 +46,13 @@ impl Reply {
             headers: Vec::new(),
             delay: Duration::ZERO,
             fetch_with: None,
+            body: b"ok".to_vec(),
         }
+    }
+
+    pub fn with_body(mut self, body: &[u8]) -> Self {
+        self.body = body.to_vec();
+        self
     }
 
     pub fn with_status(mut self, status: u16) -> Self {
@@ -216,14 +223,17 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     tokio::time::sleep(reply.delay).await;
     state.lock().unwrap().in_flight -= 1;
     let mut response = format!(
-        "HTTP/1.1 {} X\r\nconnection: close\r\ncontent-length: 2\r\n",
-        reply.status
+        "HTTP/1.1 {} X\r\nconnection: close\r\ncontent-length: {}\r\n",
+        reply.status,
+        reply.body.len()
     );
     for (name, value) in &reply.headers {
         response.push_str(&format!("{name}: {value}\r\n"));
     }
-    response.push_str("\r\nok");
-    let _ = stream.write_all(response.as_bytes()).await;
+    response.push_str("\r\n");
+    let mut response = response.into_bytes();
+    response.extend_from_slice(&reply.body);
+    let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
 }
 

@@ -147,6 +147,30 @@ backend_tests_with_backend! {
         assert_eq!(receiver.received()[0].header("webhook-id"), receiver.received()[1].header("webhook-id"));
     }
 
+    async fn an_answer_with_nul_bytes_and_invalid_utf8_is_recorded_and_not_sent_again(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let receiver = Receiver::start().await;
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        receiver.script([
+            Reply::status(200).with_body(b"200 ok\0"),
+            Reply::status(500).with_body(b"\0bad \xff\xfe bytes\0"),
+        ]);
+
+        post_comment(&app, &message, "first").await;
+        post_comment(&app, &message, "second").await;
+        assert_eq!(app.dispatch_all_pending().await, 2);
+
+        let log = deliveries_of(&app, &sub).await;
+        let statuses: Vec<&str> = log.iter().map(|d| d["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, ["delivered", "pending"]);
+        assert_eq!(log[0]["attempts"][0]["response_excerpt"], "200 ok");
+        let kept = log[1]["attempts"][0]["response_excerpt"].as_str().unwrap();
+        assert!(kept.starts_with("bad ") && kept.ends_with(" bytes") && !kept.contains('\0'), "{kept}");
+        assert_eq!(app.dispatch_all_pending().await, 0, "an attempt was not recorded");
+        assert_eq!(receiver.received().len(), 2);
+    }
+
     async fn a_410_disables_the_subscription(backend: Backend) {
         let app = spawn_app(backend).await;
         let receiver = Receiver::start().await;
