@@ -85,8 +85,12 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     "the signing key comes from auth.signing_key_file; rotate it by replacing that file"
                 );
             }
-            let secrets = crate::secret_box::SecretBox::from_settings(&settings.secrets)?;
-            with_database(settings, move |db| keys(db, &secrets, command)).await
+            let secrets_settings = settings.secrets.clone();
+            with_database(settings, move |db| {
+                let secrets = crate::startup::open_secrets(db, &secrets_settings)?;
+                keys(db, &secrets, command)
+            })
+            .await
         }
     }
 }

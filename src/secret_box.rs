@@ -50,36 +50,40 @@ impl SecretBox {
         Ok(Self::new(&key))
     }
 
-    /// Reads the key file, or creates it (mode 0600) with a new random key.
-    pub fn from_key_file(path: &Path) -> anyhow::Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_base64(&text)
-                .with_context(|| format!("invalid encryption key in {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; KEY_LEN];
-                getrandom::fill(&mut key).map_err(|e| {
-                    anyhow::anyhow!("no random source for a new encryption key: {e}")
-                })?;
-                write_private_file(path, STANDARD.encode(key).as_bytes()).with_context(|| {
-                    format!("cannot create the encryption key file {}", path.display())
-                })?;
-                tracing::warn!(
-                    path = %path.display(),
-                    "generated a new secrets encryption key; back it up: without it stored webhook secrets cannot be read"
-                );
-                Ok(Self::new(&key))
+    /// The key the configuration names, checked against a secret already
+    /// sealed in the database (`sample`: the sealed value and what it is
+    /// bound to), if there is one. The key file is created (mode 0600) only
+    /// when it is missing and the database holds no sealed secret: a new key
+    /// could open nothing already there, so a wrong or moved key file stops
+    /// start-up instead of failing every request that needs a secret.
+    pub fn for_database(
+        settings: &crate::config::SecretsSettings,
+        sample: Option<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let (secrets, origin) = if settings.encryption_key.is_empty() {
+            let path = Path::new(&settings.key_file);
+            let origin = format!("the key file {}", path.display());
+            match read_key_file(path)? {
+                Some(secrets) => (secrets, origin),
+                None if sample.is_none() => return create_key_file(path),
+                None => anyhow::bail!(
+                    "{origin} does not exist, but the database holds secrets sealed with a key: \
+                     point secrets.key_file at that key (or set secrets.encryption_key)"
+                ),
             }
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
-    }
-
-    /// The box the configuration names: `secrets.encryption_key`, else the key file.
-    pub fn from_settings(settings: &crate::config::SecretsSettings) -> anyhow::Result<Self> {
-        if settings.encryption_key.is_empty() {
-            Self::from_key_file(Path::new(&settings.key_file))
         } else {
-            Self::from_base64(&settings.encryption_key)
+            let secrets = Self::from_base64(&settings.encryption_key)
+                .context("invalid secrets.encryption_key")?;
+            (secrets, "secrets.encryption_key".to_owned())
+        };
+        if let Some((sealed, bound_to)) = sample {
+            anyhow::ensure!(
+                secrets.open(&sealed, &bound_to).is_ok(),
+                "{origin} does not open the secrets stored in the database: it is not the key \
+                 they were sealed with"
+            );
         }
+        Ok(secrets)
     }
 
     pub fn seal(&self, plaintext: &str, bound_to: &str) -> String {
@@ -113,6 +117,31 @@ impl SecretBox {
             .map_err(|_| OpenError)?;
         String::from_utf8(plaintext.to_vec()).map_err(|_| OpenError)
     }
+}
+
+/// The key in `path`, or `None` if there is no such file.
+fn read_key_file(path: &Path) -> anyhow::Result<Option<SecretBox>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => SecretBox::from_base64(&text)
+            .map(Some)
+            .with_context(|| format!("invalid encryption key in {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// A new random key, written to `path` (mode 0600).
+fn create_key_file(path: &Path) -> anyhow::Result<SecretBox> {
+    let mut key = [0u8; KEY_LEN];
+    getrandom::fill(&mut key)
+        .map_err(|e| anyhow::anyhow!("no random source for a new encryption key: {e}"))?;
+    write_private_file(path, STANDARD.encode(key).as_bytes())
+        .with_context(|| format!("cannot create the encryption key file {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "generated a new secrets encryption key; back it up: without it stored secrets cannot be read"
+    );
+    Ok(SecretBox::new(&key))
 }
 
 /// Creates `path` readable by its owner only; fails if it exists.
@@ -155,19 +184,47 @@ mod tests {
         assert_ne!(secret_box().seal("x", "a"), secret_box().seal("x", "a"));
     }
 
+    fn key_file_settings(path: &Path) -> crate::config::SecretsSettings {
+        crate::config::SecretsSettings {
+            encryption_key: String::new(),
+            key_file: path.display().to_string(),
+        }
+    }
+
     #[test]
-    fn a_missing_key_file_is_created_private_and_reused() {
+    fn a_missing_key_file_is_created_private_for_a_new_database_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("thinhook.key");
-        let first = SecretBox::from_key_file(&path).unwrap();
-        let sealed = first.seal("s", "b");
-        let second = SecretBox::from_key_file(&path).unwrap();
-        assert_eq!(second.open(&sealed, "b").unwrap(), "s");
+        let first = SecretBox::for_database(&key_file_settings(&path), None).unwrap();
+        let sample = Some((first.seal("s", "b"), "b".to_owned()));
+        let second = SecretBox::for_database(&key_file_settings(&path), sample).unwrap();
+        assert_eq!(second.seal("t", "c").len(), first.seal("t", "c").len());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_missing_or_wrong_key_for_sealed_secrets_is_refused_and_no_file_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = || Some((secret_box().seal("s", "b"), "b".to_owned()));
+        let missing = dir.path().join("elsewhere.key");
+        let error = SecretBox::for_database(&key_file_settings(&missing), sample()).unwrap_err();
+        assert!(error.to_string().contains("does not exist"), "{error}");
+        assert!(!missing.exists());
+
+        let wrong = dir.path().join("wrong.key");
+        SecretBox::for_database(&key_file_settings(&wrong), None).unwrap();
+        let error = SecretBox::for_database(&key_file_settings(&wrong), sample()).unwrap_err();
+        assert!(error.to_string().contains("does not open"), "{error}");
+
+        let configured = crate::config::SecretsSettings {
+            encryption_key: STANDARD.encode([7u8; KEY_LEN]),
+            key_file: String::new(),
+        };
+        assert!(SecretBox::for_database(&configured, sample()).is_ok());
     }
 }

@@ -108,20 +108,20 @@ impl Application {
         overrides: Overrides,
     ) -> anyhow::Result<Self> {
         let clock = overrides.clock;
-        let secrets = Arc::new(SecretBox::from_settings(&settings.secrets)?);
         let database = settings.database.clone();
+        let secrets_settings = settings.secrets.clone();
         let uses_key_file = !settings.auth.signing_key_file.is_empty();
         let now = clock.now_utc();
-        let sealer = secrets.clone();
-        let db = tokio::task::spawn_blocking(move || -> anyhow::Result<Database> {
+        let (db, secrets) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let db = Database::connect(&database)?;
             for name in db.migrate()? {
                 tracing::info!(migration = name, "applied database migration");
             }
+            let secrets = open_secrets(&db, &secrets_settings)?;
             if !uses_key_file {
-                keys::ensure_signing_key(&mut *db.get()?, now, &sealer)?;
+                keys::ensure_signing_key(&mut *db.get()?, now, &secrets)?;
             }
-            Ok(db)
+            Ok((db, Arc::new(secrets)))
         })
         .await
         .context("database set-up task failed")??;
@@ -390,6 +390,16 @@ impl Application {
             .then(|| Worker::new(self.dispatcher.worker_id()));
         (worker, listeners)
     }
+}
+
+/// The secrets key of the settings, checked against what the database
+/// already holds (see [`SecretBox::for_database`]). Blocking.
+pub fn open_secrets(
+    db: &Database,
+    settings: &crate::config::SecretsSettings,
+) -> anyhow::Result<SecretBox> {
+    let sample = crate::db::signing_keys::sealed_sample(&mut *db.get()?)?;
+    SecretBox::for_database(settings, sample)
 }
 
 /// Subscriptions a claim visits per pass.

@@ -46,3 +46,22 @@ pub fn retire_active(conn: &mut DbConnection, at: PrimitiveDateTime) -> QueryRes
         .set(signing_keys::retired_at.eq(at))
         .execute(conn)
 }
+
+/// One secret sealed with the secrets key, and what it is bound to: the
+/// newest signing key, else any subscription's secret. `None` in a database
+/// that holds none yet.
+pub fn sealed_sample(conn: &mut DbConnection) -> QueryResult<Option<(String, String)>> {
+    use super::schema::subscriptions;
+    let key = signing_keys::table
+        .order(signing_keys::created_at.desc())
+        .select((signing_keys::private_key, signing_keys::kid))
+        .first(conn)
+        .optional()?;
+    if key.is_some() {
+        return Ok(key);
+    }
+    subscriptions::table
+        .select((subscriptions::secret, subscriptions::id))
+        .first(conn)
+        .optional()
+}

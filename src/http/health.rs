@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use super::{AppState, resource};
+use crate::auth::Authenticator;
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -16,12 +17,22 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// The database is reachable and its schema is current.
-async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The database is reachable, its schema is current, and tokens can be
+/// signed (the signing key opens with this process's secrets key).
+async fn readyz(
+    state: web::Data<AppState>,
+    authenticator: web::Data<Authenticator>,
+) -> Result<HttpResponse, ApiError> {
     state
         .db
         .check_ready()
         .await
         .map_err(|reason| ApiError::Unavailable(anyhow::anyhow!(reason)))?;
+    let keys = authenticator.keys.clone();
+    state
+        .db
+        .run(move |conn| Ok(keys.signing_key(conn).map(drop)))
+        .await?
+        .map_err(|error| ApiError::Unavailable(error.context("tokens cannot be signed")))?;
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }

@@ -388,7 +388,7 @@ backend_tests! {
 
 impl TestApp {
     fn secrets(&self) -> thinhook::secret_box::SecretBox {
-        thinhook::secret_box::SecretBox::from_settings(&self.settings.secrets).unwrap()
+        thinhook::secret_box::SecretBox::from_base64(&self.settings.secrets.encryption_key).unwrap()
     }
 
     async fn revoke(&self, client_id: &str) {

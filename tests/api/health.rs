@@ -1,4 +1,5 @@
 use reqwest::StatusCode;
+use thinhook::startup::{Application, Role};
 
 backend_tests! {
     async fn healthz_answers_ok(app: &TestApp) {
@@ -11,6 +12,44 @@ backend_tests! {
         assert_eq!(response.status(), StatusCode::OK);
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["status"], "ready");
+    }
+
+    async fn readyz_fails_when_the_signing_key_does_not_open_with_this_secrets_key(app: &TestApp) {
+        // As when `keys rotate` ran with another key file: the newest key is
+        // sealed with a key this process does not have.
+        let other = thinhook::secret_box::SecretBox::new(&[9u8; 32]);
+        let later = app.clock_now() + time::Duration::seconds(1);
+        let row = thinhook::auth::keys::generate_row(later, &other).unwrap();
+        let db = app.db.clone();
+        tokio::task::spawn_blocking(move || thinhook::db::signing_keys::insert(&mut db.get().unwrap(), &row))
+            .await
+            .unwrap()
+            .unwrap();
+
+        let response = app.get("/readyz").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    async fn a_server_with_a_missing_or_wrong_key_file_refuses_to_start(app: &TestApp) {
+        // The app's database holds a signing key sealed with its secrets key.
+        let dir = tempfile::tempdir().unwrap();
+        let start_with = |key_file: std::path::PathBuf| {
+            let mut settings = app.settings.clone();
+            settings.listen = "127.0.0.1:0".parse().unwrap();
+            settings.secrets.encryption_key = String::new();
+            settings.secrets.key_file = key_file.display().to_string();
+            async move { Application::build(&settings, Role::Api).await }
+        };
+
+        let missing = dir.path().join("new.key");
+        let error = start_with(missing.clone()).await.unwrap_err();
+        assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+        assert!(!missing.exists(), "a key file was made for a database that has secrets");
+
+        let wrong = dir.path().join("wrong.key");
+        std::fs::write(&wrong, "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=").unwrap();
+        let error = start_with(wrong).await.unwrap_err();
+        assert!(format!("{error:#}").contains("does not open"), "{error:#}");
     }
 
     async fn the_latest_migration_reverts_and_applies_again_with_data_in_place(app: &TestApp) {
