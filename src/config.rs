@@ -57,6 +57,18 @@ pub struct DatabaseSettings {
     pub writer_queue: usize,
     /// Writes committed together in one transaction, at most.
     pub writer_batch: usize,
+    /// SQLite: how durable a commit is (see the README).
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite's `synchronous` in WAL mode: `normal` syncs at checkpoints, so a
+/// power loss (not a crash of the process) can lose the last commits;
+/// `full` also syncs the WAL at every commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Normal,
+    Full,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +205,7 @@ impl Default for DatabaseSettings {
             acquire_timeout_secs: 5,
             writer_queue: 10_000,
             writer_batch: 1_000,
+            sqlite_synchronous: SqliteSynchronous::Normal,
         }
     }
 }

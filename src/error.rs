@@ -192,12 +192,10 @@ impl ResponseError for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
-        match error {
-            DbError::Unavailable(_)
-            | DbError::Overloaded
-            | DbError::NotCommitted(_)
-            | DbError::WriterStopped => Self::Unavailable(error.into()),
-            DbError::Query(_) | DbError::Task(_) => Self::Internal(error.into()),
+        if error.is_transient() {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Internal(error.into())
         }
     }
 }
@@ -212,6 +210,33 @@ mod tests {
         assert_eq!(problem.type_uri, "/problems/not-found");
         assert_eq!(problem.status, 404);
         assert_eq!(problem.detail, "message `msg_x` does not exist");
+    }
+
+    #[test]
+    fn a_locked_or_lost_database_is_a_503_and_a_bad_query_a_500() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let database_error = |kind, message: &str| {
+            DbError::Query(Error::DatabaseError(kind, Box::new(message.to_owned())))
+        };
+        for transient in [
+            database_error(DatabaseErrorKind::Unknown, "database is locked"),
+            database_error(
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize",
+            ),
+            database_error(
+                DatabaseErrorKind::ClosedConnection,
+                "server closed the connection",
+            ),
+        ] {
+            let status = ApiError::from(transient).status_code();
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let bad = database_error(DatabaseErrorKind::Unknown, "no such column: x");
+        assert_eq!(
+            ApiError::from(bad).status_code(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[test]

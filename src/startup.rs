@@ -180,7 +180,7 @@ impl Application {
             wake: wake.clone(),
         });
         let writer = Writer::start(
-            db.url(),
+            db.connect_options(),
             WriterSettings {
                 queue: settings.database.writer_queue,
                 max_batch: settings.database.writer_batch,

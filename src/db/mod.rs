@@ -60,7 +60,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{Pool, PooledConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, SqliteSynchronous};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -172,15 +172,22 @@ pub enum Backend {
 /// manager would try each backend in turn on a URL; this one knows.)
 #[derive(Debug)]
 pub struct Connector {
-    url: DatabaseUrl,
+    options: ConnectOptions,
 }
 
-impl DatabaseUrl {
+/// Where the database is, and how to set up each connection.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub url: DatabaseUrl,
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl ConnectOptions {
     /// Opens a connection with the per-connection settings of its backend.
     pub fn establish(&self) -> Result<DbConnection, diesel::r2d2::Error> {
-        let mut connection = match self {
-            Self::Postgres(url) => DbConnection::Postgres(PgConnection::establish(url)?),
-            Self::Sqlite(path) => {
+        let mut connection = match &self.url {
+            DatabaseUrl::Postgres(url) => DbConnection::Postgres(PgConnection::establish(url)?),
+            DatabaseUrl::Sqlite(path) => {
                 let path = path.to_str().ok_or_else(|| {
                     diesel::ConnectionError::BadConnection("path is not UTF-8".into())
                 })?;
@@ -188,15 +195,19 @@ impl DatabaseUrl {
             }
         };
         if let DbConnection::Sqlite(conn) = &mut connection {
+            let synchronous = match self.sqlite_synchronous {
+                SqliteSynchronous::Normal => "NORMAL",
+                SqliteSynchronous::Full => "FULL",
+            };
             // WAL lets readers run beside the one writer; the busy timeout makes
             // a writer in another process (the CLI) wait for the lock instead
             // of failing at once.
-            conn.batch_execute(
+            conn.batch_execute(&format!(
                 "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = NORMAL;
+                 PRAGMA synchronous = {synchronous};
                  PRAGMA busy_timeout = 5000;
-                 PRAGMA foreign_keys = ON;",
-            )
+                 PRAGMA foreign_keys = ON;"
+            ))
             .map_err(diesel::r2d2::Error::QueryError)?;
         }
         Ok(connection)
@@ -208,7 +219,7 @@ impl diesel::r2d2::ManageConnection for Connector {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<DbConnection, Self::Error> {
-        self.url.establish()
+        self.options.establish()
     }
 
     /// Only used when the pool checks idle connections, never on checkout.
@@ -217,8 +228,11 @@ impl diesel::r2d2::ManageConnection for Connector {
             .map_err(diesel::r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    /// A connection given back inside a transaction (its user returned
+    /// early or failed to roll back), or while its thread unwinds from a
+    /// panic, is closed rather than handed to the next user in that state.
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        std::thread::panicking() || diesel::r2d2::R2D2Connection::is_broken(conn)
     }
 }
 
@@ -230,7 +244,7 @@ pub type PooledDb = PooledConnection<Connector>;
 pub struct Database {
     pool: DbPool,
     backend: Backend,
-    url: DatabaseUrl,
+    options: ConnectOptions,
 }
 
 /// Why a database call failed.
@@ -253,11 +267,42 @@ pub enum DbError {
     WriterStopped,
 }
 
+impl DbError {
+    /// A failure that says nothing about the request and may pass: another
+    /// process holding SQLite's write lock past the busy timeout, a
+    /// PostgreSQL serialization failure or a lost connection.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
+        match self {
+            Self::Query(Error::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    Kind::SerializationFailure | Kind::ClosedConnection | Kind::UnableToSendCommand
+                ) || {
+                    let message = info.message();
+                    message.starts_with("database is locked")
+                        || message.starts_with("database table is locked")
+                        || message.starts_with("database is busy")
+                }
+            }
+            Self::Query(_) | Self::Task(_) => false,
+            Self::Unavailable(_)
+            | Self::Overloaded
+            | Self::NotCommitted(_)
+            | Self::WriterStopped => true,
+        }
+    }
+}
+
 impl Database {
     /// Builds the pool. Blocking: opens the first connections.
     pub fn connect(settings: &DatabaseSettings) -> anyhow::Result<Self> {
         let url = DatabaseUrl::parse(&settings.url).context("invalid database URL")?;
         let backend = url.backend();
+        let options = ConnectOptions {
+            url,
+            sqlite_synchronous: settings.sqlite_synchronous,
+        };
         let pool = Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(1))
@@ -265,9 +310,15 @@ impl Database {
             // every checkout would cost every request a round trip.
             .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(settings.acquire_timeout_secs))
-            .build(Connector { url: url.clone() })
+            .build(Connector {
+                options: options.clone(),
+            })
             .with_context(|| format!("cannot connect to the {backend:?} database"))?;
-        Ok(Self { pool, backend, url })
+        Ok(Self {
+            pool,
+            backend,
+            options,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -275,12 +326,17 @@ impl Database {
     }
 
     pub fn url(&self) -> &DatabaseUrl {
-        &self.url
+        &self.options.url
+    }
+
+    /// How this database's connections are opened.
+    pub fn connect_options(&self) -> &ConnectOptions {
+        &self.options
     }
 
     /// The connection URL when the backend is PostgreSQL.
     pub fn postgres_url(&self) -> Option<String> {
-        match &self.url {
+        match &self.options.url {
             DatabaseUrl::Postgres(url) => Some(url.clone()),
             DatabaseUrl::Sqlite(_) => None,
         }

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::deliveries::{self, AttemptOutcome, FetchMark, Leased};
 use super::outbox::{self, LeaseTo, Publication, Published};
 use super::queue::{self, Handoff};
-use super::{DatabaseUrl, DbConnection, DbError};
+use super::{ConnectOptions, DbConnection, DbError};
 use crate::clock::to_db;
 
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +111,7 @@ impl Writer {
     /// is set when this process dispatches: deliveries it creates are then
     /// leased to its own dispatcher and handed over at commit.
     pub fn start(
-        url: &DatabaseUrl,
+        url: &ConnectOptions,
         settings: WriterSettings,
         handoff: Option<Handoff>,
     ) -> anyhow::Result<Self> {
@@ -219,7 +219,7 @@ fn spawn_checkpointer(mut conn: DbConnection, writer: std::sync::Weak<()>) -> st
 struct Thread {
     /// Dropped when the thread ends, which stops the checkpointer.
     _alive: Arc<()>,
-    url: DatabaseUrl,
+    url: ConnectOptions,
     /// `None` after a failure that may have broken it; reopened for the next batch.
     conn: Option<DbConnection>,
     receiver: mpsc::Receiver<Command>,

@@ -97,3 +97,87 @@ backend_tests! {
         assert_ne!(replaced.headers()["x-request-id"], "a b\tc");
     }
 }
+
+/// The pool discards a connection given back in a bad state.
+mod pool {
+    use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+    use thinhook::db::{Database, DbConnection};
+
+    /// A pool of one connection on the test app's database.
+    fn one_connection(app: &crate::helpers::TestApp) -> Database {
+        let mut settings = app.settings.database.clone();
+        settings.pool_size = 1;
+        Database::connect(&settings).unwrap()
+    }
+
+    /// Whether this connection carries the marker (a temporary table, which
+    /// only the connection that made it sees).
+    fn marked(conn: &mut DbConnection) -> bool {
+        conn.batch_execute("SELECT * FROM pool_marker").is_ok()
+    }
+
+    backend_tests! {
+        async fn a_connection_given_back_inside_a_transaction_is_not_reused(app: &TestApp) {
+            let db = one_connection(app);
+            tokio::task::spawn_blocking(move || {
+                {
+                    let mut conn = db.get().unwrap();
+                    let conn: &mut DbConnection = &mut conn;
+                    match conn {
+                        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction(c).unwrap(),
+                        DbConnection::Postgres(c) => AnsiTransactionManager::begin_transaction(c).unwrap(),
+                    }
+                    conn.batch_execute("CREATE TEMPORARY TABLE pool_marker (x INTEGER)").unwrap();
+                    // Given back without a commit or a rollback.
+                }
+                let mut conn = db.get().unwrap();
+                assert!(!marked(&mut conn), "the next user got the open transaction");
+            })
+            .await
+            .unwrap();
+        }
+
+        async fn a_connection_held_by_a_panicking_task_is_not_reused(app: &TestApp) {
+            let db = one_connection(app);
+            let holder = db.clone();
+            let panicked = tokio::task::spawn_blocking(move || {
+                let mut conn = holder.get().unwrap();
+                conn.batch_execute("CREATE TEMPORARY TABLE pool_marker (x INTEGER)").unwrap();
+                panic!("a bug while holding a connection");
+            })
+            .await;
+            assert!(panicked.is_err());
+            tokio::task::spawn_blocking(move || assert!(!marked(&mut db.get().unwrap())))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sqlite_commits_sync_at_every_commit_when_asked() {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Synchronous {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        synchronous: i32,
+    }
+    let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, Role::Api, |s| {
+        s.database.sqlite_synchronous = thinhook::config::SqliteSynchronous::Full;
+    })
+    .await;
+    let db = app.db.clone();
+    let level = tokio::task::spawn_blocking(move || {
+        diesel::sql_query("PRAGMA synchronous")
+            .get_result::<Synchronous>(&mut *db.get().unwrap())
+            .unwrap()
+            .synchronous
+    })
+    .await
+    .unwrap();
+    assert_eq!(level, 2, "FULL");
+    let response = app
+        .post_json("/messages", &serde_json::json!({"text": "kept"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
