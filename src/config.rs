@@ -169,6 +169,11 @@ pub struct LimitSettings {
     /// Client secrets checked at once (argon2id, about 20 ms of one core
     /// each); 0: half the CPU cores, at least 1.
     pub concurrent_secret_checks: u32,
+    /// Subscriptions one client may have.
+    pub max_subscriptions_per_client: u32,
+    /// Subscriptions one event may match (each one a delivery to write
+    /// while the comment's request waits).
+    pub max_subscriptions_per_event: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +276,8 @@ impl Default for LimitSettings {
             token_per_second: 1.0,
             token_burst: 10,
             concurrent_secret_checks: 0,
+            max_subscriptions_per_client: 100,
+            max_subscriptions_per_event: 1000,
         }
     }
 }
@@ -402,6 +409,14 @@ impl Settings {
             ("events.retention_days", self.events.retention_days),
             ("limits.api_burst", u64::from(self.limits.api_burst)),
             ("limits.token_burst", u64::from(self.limits.token_burst)),
+            (
+                "limits.max_subscriptions_per_client",
+                u64::from(self.limits.max_subscriptions_per_client),
+            ),
+            (
+                "limits.max_subscriptions_per_event",
+                u64::from(self.limits.max_subscriptions_per_event),
+            ),
             (
                 "events.prune_interval_secs",
                 self.events.prune_interval_secs,

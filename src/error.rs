@@ -49,6 +49,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Creating this would pass a quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The resource is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
     /// The caller's rate limit is spent.
     #[error("too many requests: at most {} per second (bursts of {}); retry after {retry_after_secs} s", policy.rate, policy.burst)]
     RateLimited {
@@ -90,6 +96,8 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::RateLimited { .. } => "rate-limited",
+            Self::QuotaExceeded(_) => "quota-exceeded",
+            Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -108,6 +116,8 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::RateLimited { .. } => "Too many requests",
+            Self::QuotaExceeded(_) => "Quota exceeded",
+            Self::Conflict(_) => "Conflict",
             Self::Unavailable(_) => "Service unavailable",
             Self::Internal(_) => "Internal server error",
         }
@@ -136,6 +146,7 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExceeded(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -243,6 +243,10 @@ impl Application {
                         secrets,
                         wake: wake.clone(),
                         secret_overlap: Duration::from_secs(delivery.secret_overlap_secs),
+                        quota: crate::db::subscriptions::Quota {
+                            per_client: settings.limits.max_subscriptions_per_client,
+                            per_event: settings.limits.max_subscriptions_per_event,
+                        },
                     },
                 });
                 let max_body_bytes = settings.max_body_bytes;

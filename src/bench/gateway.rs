@@ -161,13 +161,15 @@ impl GatewayCommand {
         .map(|(key, value)| (key.to_owned(), value))
         .collect();
         if is_this_binary(&bin) {
-            // One client drives the whole load, which the per-client rate
-            // limit exists to stop; the limiter still runs, at a rate no run
-            // reaches. (Older binaries have no such setting.)
-            env.push((
-                "THINHOOK_LIMITS_API_PER_SECOND".to_owned(),
-                "10000000".to_owned(),
-            ));
+            // One client drives the whole load, which the per-client limits
+            // exist to stop; the limiter still runs, at a rate no run
+            // reaches. (Older binaries have no such settings.)
+            for (key, value) in [
+                ("THINHOOK_LIMITS_API_PER_SECOND", "10000000"),
+                ("THINHOOK_LIMITS_MAX_SUBSCRIPTIONS_PER_CLIENT", "1000"),
+            ] {
+                env.push((key.to_owned(), value.to_owned()));
+            }
         }
         env.extend(extra_env.iter().cloned());
         Ok(Self {

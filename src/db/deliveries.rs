@@ -205,15 +205,6 @@ pub struct FetchMark {
     pub at: PrimitiveDateTime,
 }
 
-/// Records fetches: every not yet fetched delivery of an event about the
-/// resource, to a subscription of the fetching client, gets `fetched_at`.
-/// Whatever the delivery's state: receivers usually fetch *before* they
-/// answer the webhook, so the fetch arrives while the attempt that announced
-/// it is still being recorded.
-///
-/// Each step reads one table by one index (resource → events → their
-/// deliveries → those deliveries' subscriptions), so the cost follows the
-/// fetched resource, never a subscription's whole history.
 /// Sets each delivery's `fetched_at` unless it is set already. Fetch times
 /// rarely repeat, so on PostgreSQL, where each statement is a round trip,
 /// one statement sets them all.
@@ -253,6 +244,15 @@ fn set_fetched_at(
     Ok(marked)
 }
 
+/// Records fetches: every not yet fetched delivery of an event about the
+/// resource, to a subscription of the fetching client, gets `fetched_at`.
+/// Whatever the delivery's state: receivers usually fetch *before* they
+/// answer the webhook, so the fetch arrives while the attempt that announced
+/// it is still being recorded.
+///
+/// Each step reads one table by one index (resource → events → their
+/// deliveries → those deliveries' subscriptions), so the cost follows the
+/// fetched resource, never a subscription's whole history.
 pub fn mark_fetched_all(conn: &mut DbConnection, marks: &[FetchMark]) -> QueryResult<usize> {
     let resources: BTreeSet<&str> = marks.iter().map(|m| m.resource_id.as_str()).collect();
     let resources: Vec<&str> = resources.into_iter().collect();

@@ -21,6 +21,63 @@ pub fn insert(conn: &mut DbConnection, row: &SubscriptionRow) -> QueryResult<()>
         .map(drop)
 }
 
+/// How many subscriptions there may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Per client.
+    pub per_client: u32,
+    /// Matching one event: unfiltered subscriptions plus those of the
+    /// event's message.
+    pub per_event: u32,
+}
+
+/// Why `owner` may not add a subscription (to `message_id`, or unfiltered
+/// when `None`), if it may not. Counts every subscription, enabled or not,
+/// so that enabling one never passes a quota.
+pub fn quota_refusal(
+    conn: &mut DbConnection,
+    owner: &str,
+    message_id: Option<&str>,
+    quota: Quota,
+) -> QueryResult<Option<String>> {
+    let owned: i64 = subscriptions::table
+        .filter(subscriptions::owner_client_id.eq(owner))
+        .count()
+        .get_result(conn)?;
+    if owned >= i64::from(quota.per_client) {
+        return Ok(Some(format!(
+            "a client may have at most {} subscriptions; delete one first",
+            quota.per_client
+        )));
+    }
+    let unfiltered: i64 = subscriptions::table
+        .filter(subscriptions::message_id.is_null())
+        .count()
+        .get_result(conn)?;
+    // The busiest event the new subscription would match.
+    let filtered: i64 = match message_id {
+        Some(message_id) => subscriptions::table
+            .filter(subscriptions::message_id.eq(message_id))
+            .count()
+            .get_result(conn)?,
+        None => subscriptions::table
+            .filter(subscriptions::message_id.is_not_null())
+            .group_by(subscriptions::message_id)
+            .select(diesel::dsl::count_star())
+            .order(diesel::dsl::count_star().desc())
+            .first(conn)
+            .optional()?
+            .unwrap_or(0),
+    };
+    if unfiltered + filtered >= i64::from(quota.per_event) {
+        return Ok(Some(format!(
+            "an event may match at most {} subscriptions, and this one would pass that",
+            quota.per_event
+        )));
+    }
+    Ok(None)
+}
+
 pub fn find_owned(
     conn: &mut DbConnection,
     id: &str,

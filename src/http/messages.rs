@@ -19,7 +19,7 @@ use crate::db::deliveries::FetchMark;
 use crate::db::messages as repo;
 use crate::db::models::{CommentRow, MessageRow};
 use crate::db::outbox::{Publication, Resource};
-use crate::domain::{CommentId, EventType, EventTypes, MessageId, Text};
+use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -132,6 +132,7 @@ async fn create_message(
     let subscription = match &body.new_comment_webhook {
         Some(url) => {
             let url = subscriptions::vet_url(&state, "newCommentWebhook", url).await?;
+            check_quota(&state, &caller.client_id, &id).await?;
             let types = EventTypes::one(EventType::CommentCreated);
             Some(subscriptions::new_subscription(
                 &state,
@@ -170,6 +171,28 @@ async fn create_message(
             message: row.into(),
             subscription: subscription.map(NewSubscription::into_response),
         }))
+}
+
+/// Whether the caller may add a subscription to a new message. Read before
+/// the message is published, so requests of one client in flight together
+/// can pass the quota by their number; `POST /subscriptions` is exact.
+async fn check_quota(
+    state: &AppState,
+    client: &ClientId,
+    message: &MessageId,
+) -> Result<(), ApiError> {
+    let (owner, message, quota) = (
+        client.to_string(),
+        message.to_string(),
+        state.webhooks.quota,
+    );
+    let refusal = state
+        .db
+        .run(move |conn| {
+            crate::db::subscriptions::quota_refusal(conn, &owner, Some(&message), quota)
+        })
+        .await?;
+    refusal.map_or(Ok(()), |refusal| Err(ApiError::QuotaExceeded(refusal)))
 }
 
 async fn get_message(

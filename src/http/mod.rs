@@ -47,6 +47,7 @@ pub struct Webhooks {
     pub wake: Wake,
     /// How long a rotated-out secret keeps signing.
     pub secret_overlap: Duration,
+    pub quota: crate::db::subscriptions::Quota,
 }
 
 /// Builds absolute URLs of resources from the public base URL.

@@ -223,21 +223,27 @@ async fn create(
         description,
     );
     let row = new.row.clone();
-    let stored = state
+    let quota = state.webhooks.quota;
+    // Counted and inserted by the one writer, so concurrent requests of this
+    // process cannot pass the quota together.
+    state
         .writer
         .run(move |conn| {
             if let Some(message_id) = &message_id
                 && !message_repo::message_exists(conn, message_id)?
             {
-                return Ok(false);
+                return Ok(Err(validation("message_id", "names no existing message")));
+            }
+            let message_id = message_id.as_ref().map(MessageId::as_str);
+            if let Some(refusal) =
+                repo::quota_refusal(conn, &row.owner_client_id, message_id, quota)?
+            {
+                return Ok(Err(ApiError::QuotaExceeded(refusal)));
             }
             repo::insert(conn, &row)?;
-            Ok(true)
+            Ok(Ok(()))
         })
-        .await?;
-    if !stored {
-        return Err(validation("message_id", "names no existing message"));
-    }
+        .await??;
     let location = state
         .links
         .absolute(&format!("/subscriptions/{}", new.row.id));
@@ -535,15 +541,24 @@ async fn retry(
     let found = state
         .writer
         .run(move |conn| {
-            if deliveries::find_owned(conn, &id, &owner)?.is_none() {
-                return Ok(None);
+            let Some((row, _)) = deliveries::find_owned(conn, &id, &owner)? else {
+                return Ok(Ok(None));
+            };
+            // One retry at a time: attempts (and their rows) cannot pile up.
+            if row.status == deliveries::PENDING {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "delivery `{id}` is already queued for its next attempt; retry it once \
+                     that attempt is made"
+                ))));
             }
             deliveries::retry_now(conn, &id, now)?;
             queue::announce(conn)?;
             let row = deliveries::find_owned(conn, &id, &owner)?;
-            row.map(|row| with_attempts(conn, vec![row])).transpose()
+            row.map(|row| with_attempts(conn, vec![row]))
+                .transpose()
+                .map(Ok)
         })
-        .await?;
+        .await??;
     let delivery = found
         .and_then(|mut list| list.pop())
         .ok_or_else(|| ApiError::not_found("delivery", &path.id))?;

@@ -134,3 +134,65 @@ backend_tests_with_backend! {
         drop(busy);
     }
 }
+
+/// POST /subscriptions as `token`.
+async fn subscribe(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    message_id: Option<&str>,
+) -> reqwest::Response {
+    let mut body =
+        serde_json::json!({"url": "http://127.0.0.1:9/hook", "event_types": ["comment.created"]});
+    if let Some(message_id) = message_id {
+        body["message_id"] = message_id.into();
+    }
+    app.client
+        .post(app.url("/subscriptions"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Quotas on subscriptions.
+mod quotas {
+    use super::*;
+
+    backend_tests_with_backend! {
+        async fn a_client_past_its_subscription_quota_gets_409(backend: Backend) {
+            let app = spawn_app_with(backend, Role::Api, |s| s.limits.max_subscriptions_per_client = 2).await;
+            let token = app.user.token.clone();
+            for _ in 0..2 {
+                assert_eq!(subscribe(&app, &token, None).await.status(), StatusCode::CREATED);
+            }
+            assert_problem(subscribe(&app, &token, None).await, StatusCode::CONFLICT, "quota-exceeded").await;
+
+            // newCommentWebhook counts too, and nothing of the refused request is kept.
+            let refused = app
+                .post_json("/messages", &serde_json::json!({"text": "m", "newCommentWebhook": "http://127.0.0.1:9/hook"}))
+                .await;
+            assert_problem(refused, StatusCode::CONFLICT, "quota-exceeded").await;
+            let feed: Value = app.get("/events").await.json().await.unwrap();
+            assert_eq!(feed["data"], serde_json::json!([]), "the refused message was created");
+
+            // Quotas are per client.
+            let other = app.register_client("other", Scopes::all()).await;
+            assert_eq!(subscribe(&app, &other.token, None).await.status(), StatusCode::CREATED);
+        }
+
+        async fn no_event_matches_more_subscriptions_than_the_bound(backend: Backend) {
+            let app = spawn_app_with(backend, Role::Api, |s| s.limits.max_subscriptions_per_event = 2).await;
+            let message = app.create_message("busy").await["id"].as_str().unwrap().to_owned();
+            let (a, b) = (app.register_client("a", Scopes::all()).await, app.register_client("b", Scopes::all()).await);
+            assert_eq!(subscribe(&app, &a.token, None).await.status(), StatusCode::CREATED);
+            assert_eq!(subscribe(&app, &b.token, Some(&message)).await.status(), StatusCode::CREATED);
+            // Either would make the message's events match 3.
+            assert_problem(subscribe(&app, &b.token, Some(&message)).await, StatusCode::CONFLICT, "quota-exceeded").await;
+            assert_problem(subscribe(&app, &a.token, None).await, StatusCode::CONFLICT, "quota-exceeded").await;
+            // Another message's events match only the unfiltered one so far.
+            let quiet = app.create_message("quiet").await["id"].as_str().unwrap().to_owned();
+            assert_eq!(subscribe(&app, &a.token, Some(&quiet)).await.status(), StatusCode::CREATED);
+        }
+    }
+}

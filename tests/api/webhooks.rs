@@ -9,7 +9,7 @@ use thinhook::delivery::signer;
 use thinhook::domain::SigningSecret;
 use thinhook::startup::Role;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with};
 use crate::receiver::{Received, Receiver, Reply};
 
 fn id(value: &Value) -> String {
@@ -289,9 +289,15 @@ backend_tests_with_backend! {
         let delivery = deliveries_of(&app, &sub).await[0].clone();
         assert_eq!(delivery["status"], "failed");
 
-        let response = app.post_json(&format!("/deliveries/{}/retry", id(&delivery)), &json!({})).await;
+        let retry = format!("/deliveries/{}/retry", id(&delivery));
+        let response = app.post_json(&retry, &json!({})).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
+        // One retry at a time: a second one waits for the first attempt.
+        for _ in 0..3 {
+            assert_problem(app.post_json(&retry, &json!({})).await, StatusCode::CONFLICT, "conflict").await;
+        }
         assert_eq!(app.dispatch_all_pending().await, 1);
+        assert_eq!(receiver.received().len(), 2, "one attempt, then one retry");
         assert_eq!(deliveries_of(&app, &sub).await[0]["status"], "delivered");
         let failed: Value = app.get(&format!("/subscriptions/{sub}/deliveries?status=failed")).await.json().await.unwrap();
         assert_eq!(failed["data"], json!([]));
