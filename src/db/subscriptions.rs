@@ -109,12 +109,132 @@ pub fn list_owned(
     query.load(conn)
 }
 
-/// Writes every column of `row` (looked up by its id).
-pub fn update(conn: &mut DbConnection, row: &SubscriptionRow) -> QueryResult<()> {
-    diesel::update(subscriptions::table.find(&row.id))
-        .set(row)
-        .execute(conn)
-        .map(drop)
+/// What a `PATCH` asks to change; `None`: leave as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    pub url: Option<String>,
+    pub event_types: Option<String>,
+    /// `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// The columns a patch writes; the others keep whatever they hold when the
+/// update runs, so a concurrent change to them (the dispatcher disabling
+/// the subscription, or starting its failing period) is never overwritten
+/// by an older copy of the row.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = subscriptions)]
+struct Changes {
+    url: Option<String>,
+    event_types: Option<String>,
+    description: Option<Option<String>>,
+    enabled: Option<i32>,
+    disabled_reason: Option<Option<String>>,
+    failing_since: Option<Option<PrimitiveDateTime>>,
+    updated_at: PrimitiveDateTime,
+}
+
+/// Applies `patch` to `owner`'s subscription `id`; the row as stored after,
+/// or `None` if it has no such subscription.
+pub fn patch_owned(
+    conn: &mut DbConnection,
+    id: &str,
+    owner: &str,
+    patch: &Patch,
+    now: PrimitiveDateTime,
+) -> QueryResult<Option<SubscriptionRow>> {
+    match plan_patch(conn, id, owner, patch, now)? {
+        Some(planned) => apply_patch(conn, &planned),
+        None => Ok(None),
+    }
+}
+
+/// A patch read and decided, to be written by [`apply_patch`].
+#[derive(Debug)]
+pub struct PlannedPatch {
+    id: String,
+    owner: String,
+    changes: Changes,
+}
+
+/// Reads the subscription and decides what `patch` writes; `None` if
+/// `owner` has no subscription `id`.
+pub fn plan_patch(
+    conn: &mut DbConnection,
+    id: &str,
+    owner: &str,
+    patch: &Patch,
+    now: PrimitiveDateTime,
+) -> QueryResult<Option<PlannedPatch>> {
+    let Some(current) = find_owned(conn, id, owner)? else {
+        return Ok(None);
+    };
+    let mut changes = Changes {
+        url: patch.url.clone(),
+        event_types: patch.event_types.clone(),
+        description: patch.description.clone(),
+        enabled: None,
+        disabled_reason: None,
+        failing_since: None,
+        updated_at: now,
+    };
+    match patch.enabled {
+        // Re-enabling starts afresh: no reason, no failing period.
+        Some(true) => {
+            changes.enabled = Some(1);
+            changes.disabled_reason = Some(None);
+            changes.failing_since = Some(None);
+        }
+        Some(false) if current.is_enabled() => {
+            changes.enabled = Some(0);
+            changes.disabled_reason = Some(Some("disabled by its owner".into()));
+        }
+        _ => {}
+    }
+    Ok(Some(PlannedPatch {
+        id: id.to_owned(),
+        owner: owner.to_owned(),
+        changes,
+    }))
+}
+
+/// Writes a planned patch's columns, whatever happened since it was read.
+pub fn apply_patch(
+    conn: &mut DbConnection,
+    planned: &PlannedPatch,
+) -> QueryResult<Option<SubscriptionRow>> {
+    diesel::update(subscriptions::table.find(&planned.id))
+        .set(&planned.changes)
+        .execute(conn)?;
+    find_owned(conn, &planned.id, &planned.owner)
+}
+
+/// Makes `sealed` the secret of `id`, keeping the one it replaces signing
+/// until `previous_expires`, if that one is still `current`: two rotations
+/// at once cannot both win, and neither returns a secret that is not kept.
+/// Returns whether it was replaced.
+pub fn replace_secret(
+    conn: &mut DbConnection,
+    id: &str,
+    current: &str,
+    sealed: &str,
+    previous_expires: PrimitiveDateTime,
+    now: PrimitiveDateTime,
+) -> QueryResult<bool> {
+    let replaced = diesel::update(
+        subscriptions::table
+            .find(id)
+            .filter(subscriptions::secret.eq(current)),
+    )
+    .set((
+        subscriptions::secret.eq(sealed),
+        subscriptions::previous_secret.eq(current),
+        subscriptions::previous_secret_expires_at.eq(previous_expires),
+        subscriptions::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(replaced == 1)
 }
 
 /// Deletes the subscription with its deliveries and their attempts.

@@ -312,35 +312,22 @@ async fn update(
         Some(url) => Some(vet_url(&state, "url", url).await?),
         None => None,
     };
-    let mut row = find(&state, &caller.client_id, &path.id).await?;
-    if let Some(url) = url {
-        row.url = url.to_string();
-    }
-    if let Some(types) = event_types {
-        row.event_types = types.to_stored();
-    }
-    if body.description.is_some() {
-        row.description = description;
-    }
-    match body.enabled {
-        // Re-enabling starts afresh: no reason, no failing period.
-        Some(true) => {
-            row.enabled = 1;
-            row.disabled_reason = None;
-            row.failing_since = None;
-        }
-        Some(false) if row.is_enabled() => {
-            row.enabled = 0;
-            row.disabled_reason = Some("disabled by its owner".into());
-        }
-        _ => {}
-    }
-    row.updated_at = db_now(&*state.clock);
-    let stored = row.clone();
-    state
+    let patch = repo::Patch {
+        url: url.map(|url| url.to_string()),
+        event_types: event_types.map(|types| types.to_stored()),
+        description: body.description.is_some().then_some(description),
+        enabled: body.enabled,
+    };
+    let (id, owner, now) = (
+        path.id.to_string(),
+        caller.client_id.to_string(),
+        db_now(&*state.clock),
+    );
+    let row = state
         .writer
-        .run(move |conn| repo::update(conn, &stored))
-        .await?;
+        .run(move |conn| repo::patch_owned(conn, &id, &owner, &patch, now))
+        .await?
+        .ok_or_else(|| not_found(&path.id))?;
     if body.enabled == Some(true) {
         // Deliveries held while it was disabled are due again.
         state.webhooks.wake.notify_one();
@@ -378,24 +365,49 @@ async fn rotate(
     state: web::Data<AppState>,
     path: web::Path<SubscriptionPath>,
 ) -> Result<web::Json<RotatedSecret>, ApiError> {
-    let mut row = find(&state, &caller.client_id, &path.id).await?;
     let now = state.clock.now_utc();
     let expires = now + state.webhooks.secret_overlap;
     let secret = SigningSecret::generate();
-    row.previous_secret = Some(std::mem::replace(
-        &mut row.secret,
-        state.webhooks.secrets.seal(&secret.expose(), &row.id),
-    ));
-    row.previous_secret_expires_at = Some(to_db(expires));
-    row.updated_at = to_db(now);
-    state
+    let (id, owner, sealer) = (
+        path.id.to_string(),
+        caller.client_id.to_string(),
+        state.webhooks.secrets.clone(),
+    );
+    let plain = secret.expose();
+    let rotated = state
         .writer
-        .run(move |conn| repo::update(conn, &row))
+        .run(move |conn| {
+            // Another process may rotate between the read and the write:
+            // then read again and rotate what it left.
+            for _ in 0..3 {
+                let Some(row) = repo::find_owned(conn, &id, &owner)? else {
+                    return Ok(Some(false));
+                };
+                let sealed = sealer.seal(&plain, &id);
+                if repo::replace_secret(
+                    conn,
+                    &id,
+                    &row.secret,
+                    &sealed,
+                    to_db(expires),
+                    to_db(now),
+                )? {
+                    return Ok(Some(true));
+                }
+            }
+            Ok(None)
+        })
         .await?;
-    Ok(web::Json(RotatedSecret {
-        secret: secret.expose(),
-        previous_secret_expires_at: expires,
-    }))
+    match rotated {
+        Some(true) => Ok(web::Json(RotatedSecret {
+            secret: secret.expose(),
+            previous_secret_expires_at: expires,
+        })),
+        Some(false) => Err(not_found(&path.id)),
+        None => Err(ApiError::Conflict(
+            "the secret is being rotated by another request; try again".into(),
+        )),
+    }
 }
 
 #[derive(Debug, Serialize)]

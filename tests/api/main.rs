@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod listen;
 mod messages;
+mod races;
 mod receiver;
 mod spec;
 mod subscriptions;
