@@ -117,6 +117,9 @@ pub struct DeliverySettings {
     pub max_in_flight: u32,
     /// Attempts in flight at once for one subscription, across all processes.
     pub max_in_flight_per_subscription: u32,
+    /// Attempts in flight at once in this process to one host, whatever
+    /// the subscriptions.
+    pub max_in_flight_per_host: u32,
     /// Deliveries one process holds leased in memory (waiting, in flight or
     /// being recorded); more stay queued in the database.
     pub max_held: u32,
@@ -243,6 +246,7 @@ impl Default for DeliverySettings {
             batch_size: 500,
             max_in_flight: 256,
             max_in_flight_per_subscription: 64,
+            max_in_flight_per_host: 128,
             max_held: 20_000,
             poll_interval_ms: 1000,
             max_response_bytes: 4096,
@@ -399,6 +403,10 @@ impl Settings {
                 u64::from(delivery.max_in_flight_per_subscription),
             ),
             ("delivery.max_held", u64::from(delivery.max_held)),
+            (
+                "delivery.max_in_flight_per_host",
+                u64::from(delivery.max_in_flight_per_host),
+            ),
             ("delivery.poll_interval_ms", delivery.poll_interval_ms),
             ("database.writer_queue", self.database.writer_queue as u64),
             ("database.writer_batch", self.database.writer_batch as u64),

@@ -210,6 +210,7 @@ impl Application {
                 batch: delivery.batch_size,
                 max_in_flight: delivery.max_in_flight,
                 per_subscription: delivery.max_in_flight_per_subscription,
+                per_host: delivery.max_in_flight_per_host,
                 claim_window: CLAIM_WINDOW,
                 poll_interval: Duration::from_millis(delivery.poll_interval_ms),
                 disable_after: Duration::from_secs(delivery.disable_after_secs),

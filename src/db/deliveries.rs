@@ -99,6 +99,9 @@ pub struct AttemptOutcome {
     pub attempt: AttemptRow,
     pub update: AttemptUpdate,
     pub verdict: Verdict,
+    /// The attempt ran out of time (not stored: the dispatcher's breaker
+    /// counts it).
+    pub timed_out: bool,
 }
 
 impl AttemptOutcome {

@@ -172,6 +172,7 @@ impl Attempter {
                 Outcome::Gone => Verdict::Gone,
                 Outcome::RetryAfter(_) | Outcome::Failed => Verdict::Failed,
             },
+            timed_out: reply.timed_out,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Reply {
     /// The start of the response body, lossily decoded.
     pub excerpt: Option<String>,
     pub elapsed: Duration,
+    /// The request or its answer's body ran out of time: the attempt held
+    /// its slot for the whole timeout.
+    pub timed_out: bool,
 }
 
 impl WebhookClient {
@@ -82,6 +85,7 @@ impl WebhookClient {
             Err(error) => {
                 return Reply {
                     error: Some(classify(&error)),
+                    timed_out: error.is_timeout(),
                     ..Reply::default()
                 };
             }
@@ -96,7 +100,8 @@ impl WebhookClient {
         Reply {
             status: Some(status),
             retry_after,
-            error,
+            timed_out: error.as_ref().is_some_and(reqwest::Error::is_timeout),
+            error: error.as_ref().map(classify),
             excerpt,
             elapsed: Duration::ZERO,
         }
@@ -106,7 +111,7 @@ impl WebhookClient {
     async fn read_excerpt(
         &self,
         mut response: reqwest::Response,
-    ) -> (Option<String>, Option<String>) {
+    ) -> (Option<String>, Option<reqwest::Error>) {
         let mut kept = Vec::new();
         loop {
             match response.chunk().await {
@@ -119,7 +124,7 @@ impl WebhookClient {
                 }
                 Ok(None) => break,
                 // The status already counts; a body cut short is only noted.
-                Err(error) => return (excerpt(&kept), Some(classify(&error))),
+                Err(error) => return (excerpt(&kept), Some(error)),
             }
         }
         (excerpt(&kept), None)

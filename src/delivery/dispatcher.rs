@@ -37,6 +37,8 @@ pub struct DispatchSettings {
     pub batch: u32,
     pub max_in_flight: u32,
     pub per_subscription: u32,
+    /// Attempts in flight at once to one host.
+    pub per_host: u32,
     /// Subscriptions a claim visits per pass.
     pub claim_window: u32,
     pub poll_interval: Duration,
@@ -437,7 +439,11 @@ struct Run {
 impl Run {
     fn new(settings: &DispatchSettings) -> Self {
         Self {
-            queues: Queues::new(settings.max_in_flight, settings.per_subscription),
+            queues: Queues::new(
+                settings.max_in_flight,
+                settings.per_subscription,
+                settings.per_host,
+            ),
             attempts: JoinSet::new(),
             running: HashMap::new(),
             control: JoinSet::new(),
@@ -458,7 +464,8 @@ impl Run {
         let Some(delivery) = self.running.remove(&id) else {
             return;
         };
-        self.queues.finished(&delivery.subscription.id);
+        let timed_out = matches!(&done, Ok((_, outcome)) if outcome.timed_out);
+        self.queues.finished(&delivery.subscription.id, timed_out);
         match done {
             Ok((_, outcome)) => self.unrecorded.push(outcome),
             // Cancelled at shutdown, or a bug: the lease is released when the
@@ -472,41 +479,78 @@ impl Run {
     }
 }
 
-/// Deliveries waiting, one queue per subscription, served round robin.
+/// Deliveries waiting, one queue per subscription, served round robin,
+/// within three bounds: `max_in_flight` in all; `per_subscription` each, or
+/// one while the subscription's breaker is open; and `per_host` for all the
+/// subscriptions whose URLs name one host, so that a few subscriptions
+/// pointing at a host that never answers cannot hold every slot.
 struct Queues {
     by_subscription: HashMap<String, SubscriptionQueue>,
     /// Subscriptions with waiting work and a free slot, in turn order.
     ready: VecDeque<String>,
+    /// Subscriptions with waiting work held back by their host's bound,
+    /// ready again when one of its attempts ends.
+    held_by_host: HashMap<String, Vec<String>>,
+    /// Attempts in flight per host.
+    hosts: HashMap<String, usize>,
+    /// Consecutive timeouts per subscription; at [`BREAKER_TIMEOUTS`] its
+    /// breaker is open: one attempt at a time until one ends otherwise.
+    timeouts: HashMap<String, u32>,
     in_flight: usize,
     max_in_flight: usize,
     per_subscription: usize,
+    per_host: usize,
 }
 
-#[derive(Default)]
 struct SubscriptionQueue {
     waiting: VecDeque<Leased>,
     in_flight: usize,
-    /// Whether it is in `ready`.
+    /// Whether it is in `ready` (or held by its host).
     ready: bool,
+    host: String,
 }
 
+/// Consecutive timeouts that open a subscription's breaker.
+const BREAKER_TIMEOUTS: u32 = 3;
+
 impl Queues {
-    fn new(max_in_flight: u32, per_subscription: u32) -> Self {
+    fn new(max_in_flight: u32, per_subscription: u32, per_host: u32) -> Self {
         Self {
             by_subscription: HashMap::new(),
             ready: VecDeque::new(),
+            held_by_host: HashMap::new(),
+            hosts: HashMap::new(),
+            timeouts: HashMap::new(),
             in_flight: 0,
             max_in_flight: max_in_flight as usize,
             per_subscription: per_subscription as usize,
+            per_host: per_host as usize,
+        }
+    }
+
+    /// Attempts `subscription` may have in flight now.
+    fn bound(&self, subscription: &str) -> usize {
+        match self.timeouts.get(subscription) {
+            Some(&n) if n >= BREAKER_TIMEOUTS => 1,
+            _ => self.per_subscription,
         }
     }
 
     fn extend(&mut self, deliveries: Vec<Leased>) {
         for delivery in deliveries {
             let id = delivery.subscription.id.clone();
-            let queue = self.by_subscription.entry(id.clone()).or_default();
+            let bound = self.bound(&id);
+            let queue =
+                self.by_subscription
+                    .entry(id.clone())
+                    .or_insert_with(|| SubscriptionQueue {
+                        waiting: VecDeque::new(),
+                        in_flight: 0,
+                        ready: false,
+                        host: host_of(&delivery.subscription.url),
+                    });
             queue.waiting.push_back(delivery);
-            if !queue.ready && queue.in_flight < self.per_subscription {
+            if !queue.ready && queue.in_flight < bound {
                 queue.ready = true;
                 self.ready.push_back(id);
             }
@@ -517,16 +561,28 @@ impl Queues {
     fn next(&mut self) -> Option<Leased> {
         while self.in_flight < self.max_in_flight {
             let id = self.ready.pop_front()?;
+            let bound = self.bound(&id);
             let Some(queue) = self.by_subscription.get_mut(&id) else {
                 continue;
             };
-            let Some(delivery) = queue.waiting.pop_front() else {
+            if queue.waiting.is_empty() {
                 queue.ready = false;
                 continue;
-            };
+            }
+            let host_in_flight = self.hosts.entry(queue.host.clone()).or_default();
+            if *host_in_flight >= self.per_host {
+                // Still `ready`: held until an attempt to its host ends.
+                self.held_by_host
+                    .entry(queue.host.clone())
+                    .or_default()
+                    .push(id);
+                continue;
+            }
+            let delivery = queue.waiting.pop_front()?;
+            *host_in_flight += 1;
             queue.in_flight += 1;
             self.in_flight += 1;
-            if !queue.waiting.is_empty() && queue.in_flight < self.per_subscription {
+            if !queue.waiting.is_empty() && queue.in_flight < bound {
                 // Its next turn comes after every other ready subscription's.
                 self.ready.push_back(id);
             } else {
@@ -537,17 +593,50 @@ impl Queues {
         None
     }
 
-    fn finished(&mut self, subscription: &str) {
+    /// An attempt of `subscription` ended; `timed_out` feeds its breaker.
+    fn finished(&mut self, subscription: &str, timed_out: bool) {
+        self.note(subscription, timed_out);
         self.in_flight = self.in_flight.saturating_sub(1);
+        let bound = self.bound(subscription);
         let Some(queue) = self.by_subscription.get_mut(subscription) else {
             return;
         };
         queue.in_flight = queue.in_flight.saturating_sub(1);
+        let host = queue.host.clone();
         if queue.waiting.is_empty() && queue.in_flight == 0 {
             self.by_subscription.remove(subscription);
-        } else if !queue.ready && !queue.waiting.is_empty() {
+        } else if !queue.ready && !queue.waiting.is_empty() && queue.in_flight < bound {
             queue.ready = true;
             self.ready.push_back(subscription.to_owned());
+        }
+        if let Some(n) = self.hosts.get_mut(&host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.hosts.remove(&host);
+            }
+        }
+        if let Some(held) = self.held_by_host.remove(&host) {
+            self.ready.extend(held);
+        }
+    }
+
+    /// Counts consecutive timeouts; any other ending closes the breaker.
+    fn note(&mut self, subscription: &str, timed_out: bool) {
+        if timed_out {
+            let n = self.timeouts.entry(subscription.to_owned()).or_default();
+            *n += 1;
+            if *n == BREAKER_TIMEOUTS {
+                tracing::warn!(
+                    subscription,
+                    "attempts keep timing out: one at a time until one ends otherwise"
+                );
+            }
+        } else if self
+            .timeouts
+            .remove(subscription)
+            .is_some_and(|n| n >= BREAKER_TIMEOUTS)
+        {
+            tracing::info!(subscription, "answers again: attempts in parallel again");
         }
     }
 
@@ -557,7 +646,16 @@ impl Queues {
             queue.ready = false;
         }
         self.ready.clear();
+        self.held_by_host.clear();
     }
+}
+
+/// The host a subscription's URL names (its share of `per_host`).
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -613,7 +711,7 @@ mod tests {
     #[test]
     fn subscriptions_take_turns_and_a_full_one_does_not_block_the_others() {
         let (busy, quiet) = (subscription("sub_busy"), subscription("sub_quiet"));
-        let mut queues = Queues::new(100, 2);
+        let mut queues = Queues::new(100, 2, 100);
         queues.extend((0..1000).map(|n| delivery(&busy, n)).collect());
         queues.extend(vec![delivery(&quiet, 1000)]);
 
@@ -626,7 +724,7 @@ mod tests {
             queues.next().is_none(),
             "the busy subscription is at its bound"
         );
-        queues.finished("sub_busy");
+        queues.finished("sub_busy", false);
         assert_eq!(
             queues.next().map(|d| d.delivery_id),
             Some("dlv_2".to_owned())
@@ -635,14 +733,72 @@ mod tests {
 
     #[test]
     fn the_global_bound_holds_across_subscriptions() {
-        let mut queues = Queues::new(3, 10);
+        let mut queues = Queues::new(3, 10, 100);
         for n in 0..5 {
             let subscription = subscription(&format!("sub_{n}"));
             queues.extend(vec![delivery(&subscription, n)]);
         }
         assert_eq!(std::iter::from_fn(|| queues.next()).count(), 3);
-        queues.finished("sub_0");
+        queues.finished("sub_0", false);
         assert!(queues.next().is_some());
         assert!(queues.next().is_none());
+    }
+
+    fn subscription_at(id: &str, url: &str) -> Arc<SubscriptionRow> {
+        let mut row = (*subscription(id)).clone();
+        row.url = url.into();
+        Arc::new(row)
+    }
+
+    #[test]
+    fn subscriptions_of_one_host_share_its_bound_and_others_keep_flowing() {
+        let slow: Vec<_> = (0..4)
+            .map(|n| subscription_at(&format!("sub_slow{n}"), "https://slow.example/hook"))
+            .collect();
+        let other = subscription_at("sub_other", "https://fast.example/hook");
+        let mut queues = Queues::new(100, 10, 3);
+        for (n, subscription) in slow.iter().enumerate() {
+            queues.extend(
+                (0..10)
+                    .map(|i| delivery(subscription, n * 10 + i))
+                    .collect(),
+            );
+        }
+        queues.extend(vec![delivery(&other, 99)]);
+
+        let started: Vec<String> = std::iter::from_fn(|| queues.next())
+            .map(|d| subscription_of(&d).to_owned())
+            .collect();
+        assert_eq!(
+            started.iter().filter(|s| s.starts_with("sub_slow")).count(),
+            3
+        );
+        assert!(started.contains(&"sub_other".to_owned()));
+
+        // A slot of the host frees: one more of its subscriptions goes.
+        queues.finished("sub_slow0", false);
+        let next = queues.next().map(|d| subscription_of(&d).to_owned());
+        assert!(next.is_some_and(|s| s.starts_with("sub_slow")));
+        assert!(queues.next().is_none());
+    }
+
+    #[test]
+    fn a_subscription_that_keeps_timing_out_gets_one_slot_until_it_answers() {
+        let hanging = subscription_at("sub_hanging", "https://hanging.example/");
+        let mut queues = Queues::new(100, 10, 100);
+        queues.extend((0..50).map(|n| delivery(&hanging, n)).collect());
+        assert_eq!(std::iter::from_fn(|| queues.next()).count(), 10);
+        for _ in 0..10 {
+            queues.finished("sub_hanging", true);
+        }
+        // Open: one at a time.
+        assert!(queues.next().is_some());
+        assert!(queues.next().is_none());
+        queues.finished("sub_hanging", true);
+        assert!(queues.next().is_some());
+        assert!(queues.next().is_none());
+        // An answer closes it.
+        queues.finished("sub_hanging", false);
+        assert_eq!(std::iter::from_fn(|| queues.next()).count(), 10);
     }
 }

@@ -193,6 +193,40 @@ backend_tests_with_backend! {
         assert!(slow.max_in_flight() <= 2, "the bound was exceeded: {}", slow.max_in_flight());
     }
 
+    async fn subscriptions_to_one_hanging_host_cannot_take_every_slot(backend: Backend) {
+        let app = spawn_app_with(backend, Role::All, |s| {
+            s.delivery.max_in_flight = 6;
+            s.delivery.max_in_flight_per_subscription = 4;
+            s.delivery.max_in_flight_per_host = 3;
+            s.delivery.poll_interval_ms = 50;
+        })
+        .await;
+        let (slow, fast) = (Receiver::start().await, Receiver::start().await);
+        slow.script((0..40).map(|_| Reply::hang(Duration::from_secs(3))));
+        let port = |receiver: &Receiver| receiver.address.rsplit(':').next().unwrap().to_owned();
+        app.resolver.set("slow.test", &["127.0.0.1"]);
+        app.resolver.set("fast.test", &["127.0.0.1"]);
+        let message = id(&app.create_message("m").await);
+        // Three subscriptions could hold 12 slots of 6; their host may hold 3.
+        for n in 0..3 {
+            subscribe(&app, &format!("http://slow.test:{}/{n}", port(&slow)), Some(&message)).await;
+        }
+        subscribe(&app, &format!("http://fast.test:{}/", port(&fast)), Some(&message)).await;
+
+        for n in 0..8 {
+            app.create_comment(&message, &format!("c{n}")).await;
+        }
+
+        let prompt = tokio::time::timeout(Duration::from_secs(2), async {
+            while fast.received().len() < 8 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(prompt.is_ok(), "the fast subscription waited for the hanging host: {} of 8", fast.received().len());
+        assert!(slow.max_in_flight() <= 3, "the host's bound was exceeded: {}", slow.max_in_flight());
+    }
+
     async fn an_outcome_recorded_after_the_lease_passed_to_another_worker_is_discarded(backend: Backend) {
         let app = spawn_app(backend).await;
         let receiver = Receiver::start().await;
