@@ -16,7 +16,8 @@ use crate::clock::{db_now, to_db};
 use crate::db::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
 use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
 use crate::domain::{
-    ClientId, DeliveryId, EventTypes, MessageId, SigningSecret, SubscriptionId, WebhookUrl,
+    ClientId, DeliveryId, Description, EventTypes, MessageId, SigningSecret, SubscriptionId,
+    WebhookUrl,
 };
 use crate::error::ApiError;
 
@@ -40,8 +41,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/deliveries/{deliveryId}/retry").route(web::post().to(retry)));
 }
-
-const MAX_DESCRIPTION_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,15 +140,11 @@ fn parse_event_types(names: &[String]) -> Result<EventTypes, ApiError> {
     EventTypes::parse(names.iter().map(String::as_str)).map_err(|e| validation("event_types", e))
 }
 
-fn parse_description(description: Option<String>) -> Result<Option<String>, ApiError> {
-    match description {
-        Some(text) if text.chars().count() > MAX_DESCRIPTION_CHARS => Err(validation(
-            "description",
-            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-        )),
-        Some(text) if text.trim().is_empty() => Ok(None),
-        other => Ok(other),
-    }
+/// A blank description stores none.
+fn parse_description(description: String) -> Result<Option<String>, ApiError> {
+    Description::parse(description)
+        .map(|parsed| parsed.map(Description::into_string))
+        .map_err(|e| validation("description", e))
 }
 
 /// Builds a subscription with a fresh secret, sealed for storage.
@@ -212,7 +207,11 @@ async fn create(
         .map(MessageId::parse)
         .transpose()
         .map_err(|e| validation("message_id", e))?;
-    let description = parse_description(body.description)?;
+    let description = body
+        .description
+        .map(parse_description)
+        .transpose()?
+        .flatten();
     let url = vet_url(&state, "url", &body.url).await?;
     let new = new_subscription(
         &state,
@@ -301,7 +300,7 @@ async fn update(
         .as_deref()
         .map(parse_event_types)
         .transpose()?;
-    let description = parse_description(body.description.clone())?;
+    let description = body.description.map(parse_description).transpose()?;
     let url = match &body.url {
         Some(url) => Some(vet_url(&state, "url", url).await?),
         None => None,
@@ -313,7 +312,7 @@ async fn update(
     if let Some(types) = event_types {
         row.event_types = types.to_stored();
     }
-    if body.description.is_some() {
+    if let Some(description) = description {
         row.description = description;
     }
     match body.enabled {

@@ -23,5 +23,6 @@ mod listen;
 mod messages;
 mod receiver;
 mod spec;
+mod stored_text;
 mod subscriptions;
 mod webhooks;
