@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use url::Url;
 
-use super::ssrf::{Guard, GuardedResolver, find_blocked};
+use super::ssrf::{Blocked, Guard, GuardedResolver, find_blocked};
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -60,7 +60,7 @@ impl WebhookClient {
         let started = Instant::now();
         let mut reply = match self.guard.check_literal(url) {
             Err(blocked) => Reply {
-                error: Some(format!("blocked: {blocked}")),
+                error: Some(blocked_error(url, &blocked)),
                 ..Reply::default()
             },
             Ok(()) => self.send(url, headers, body).await,
@@ -81,7 +81,7 @@ impl WebhookClient {
             Ok(response) => response,
             Err(error) => {
                 return Reply {
-                    error: Some(classify(&error)),
+                    error: Some(classify(url, &error)),
                     ..Reply::default()
                 };
             }
@@ -92,7 +92,7 @@ impl WebhookClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let (excerpt, error) = self.read_excerpt(response).await;
+        let (excerpt, error) = self.read_excerpt(url, response).await;
         Reply {
             status: Some(status),
             retry_after,
@@ -105,6 +105,7 @@ impl WebhookClient {
     /// Reads at most `max_response_bytes` of the body, then stops reading.
     async fn read_excerpt(
         &self,
+        url: &Url,
         mut response: reqwest::Response,
     ) -> (Option<String>, Option<String>) {
         let mut kept = Vec::new();
@@ -119,7 +120,7 @@ impl WebhookClient {
                 }
                 Ok(None) => break,
                 // The status already counts; a body cut short is only noted.
-                Err(error) => return (excerpt(&kept), Some(classify(&error))),
+                Err(error) => return (excerpt(&kept), Some(classify(url, &error))),
             }
         }
         (excerpt(&kept), None)
@@ -130,10 +131,21 @@ fn excerpt(bytes: &[u8]) -> Option<String> {
     (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
+/// The delivery log's text for a refused destination, which the subscriber
+/// reads: the reason without the address. The operator's log keeps the address.
+fn blocked_error(url: &Url, blocked: &Blocked) -> String {
+    tracing::debug!(
+        url = %url,
+        refused = blocked.for_operator(),
+        "webhook destination refused"
+    );
+    format!("blocked: {blocked}")
+}
+
 /// `class: message` for the delivery log.
-fn classify(error: &reqwest::Error) -> String {
+fn classify(url: &Url, error: &reqwest::Error) -> String {
     if let Some(blocked) = find_blocked(error) {
-        return format!("blocked: {blocked}");
+        return blocked_error(url, blocked);
     }
     let class = if error.is_timeout() {
         "timeout"

@@ -132,7 +132,11 @@ pub async fn vet_url(state: &AppState, field: &str, url: &str) -> Result<Webhook
         .guard
         .vet_url(url.as_url())
         .await
-        .map_err(|blocked| validation(field, format!("is not allowed: {blocked}")))?;
+        .map_err(|blocked| {
+            // The client is told why, not where its host resolved to.
+            tracing::debug!(url = %url, refused = blocked.for_operator(), "webhook URL refused");
+            validation(field, format!("is not allowed: {blocked}"))
+        })?;
     Ok(url)
 }
 
