@@ -247,6 +247,18 @@ pub struct Caller<S> {
     _scope: PhantomData<S>,
 }
 
+impl<S> Caller<S> {
+    /// Refuses the request unless the token also holds `scope`: for what a
+    /// route needs beyond its own scope in some cases only.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::InsufficientScope(scope))
+        }
+    }
+}
+
 impl<S: RequiredScope + 'static> FromRequest for Caller<S> {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;

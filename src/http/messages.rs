@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::pagination::{Page, PageParams};
 use super::subscriptions::{self, CreatedSubscription, NewSubscription};
 use super::{AppState, Links, resource};
-use crate::auth::{Caller, MessagesRead, MessagesWrite};
+use crate::auth::{Caller, MessagesRead, MessagesWrite, Scope};
 use crate::clock;
 use crate::db::deliveries::FetchMark;
 use crate::db::messages as repo;
@@ -127,6 +127,11 @@ async fn create_message(
     body: web::Json<CreateMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    if body.new_comment_webhook.is_some() {
+        // It creates a subscription: the scope that manages them is needed
+        // as well as the one that posts.
+        caller.require(Scope::SubscriptionsManage)?;
+    }
     let text = parse_text("text", body.text)?;
     let id = MessageId::generate();
     let subscription = match &body.new_comment_webhook {

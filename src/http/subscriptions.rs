@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::pagination::{Page, PageParams};
 use super::{AppState, resource};
-use crate::auth::{Caller, SubscriptionsManage};
+use crate::auth::{Caller, Scope, SubscriptionsManage};
 use crate::clock::{db_now, to_db};
 use crate::db::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
 use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
@@ -204,6 +204,11 @@ async fn create(
     body: web::Json<CreateSubscription>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    if body.message_id.is_none() {
+        // Without a message filter it is sent every matching event's id and
+        // time: the event feed, pushed, so it needs the feed's scope too.
+        caller.require(Scope::EventsRead)?;
+    }
     let event_types = parse_event_types(&body.event_types)?;
     let message_id = body
         .message_id
