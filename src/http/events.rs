@@ -6,7 +6,7 @@ use actix_web::web;
 use serde::Deserialize;
 
 use super::pagination::{Page, PageParams};
-use super::{AppState, resource};
+use super::{AppState, protected, resource};
 use crate::auth::{Caller, EventsRead};
 use crate::db::events as repo;
 use crate::db::models::EventRow;
@@ -15,8 +15,8 @@ use crate::domain::{EventId, EventType, MessageId};
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/events").route(web::get().to(feed)))
-        .service(resource("/events/{eventId}").route(web::get().to(get)));
+    cfg.service(resource("/events").route(protected(web::get().to(feed))))
+        .service(resource("/events/{eventId}").route(protected(web::get().to(get))));
 }
 
 #[derive(Debug, Deserialize)]

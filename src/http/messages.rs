@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::pagination::{Page, PageParams};
 use super::subscriptions::{self, CreatedSubscription, NewSubscription};
-use super::{AppState, Links, resource};
+use super::{AppState, Links, protected, resource};
 use crate::auth::{Caller, MessagesRead, MessagesWrite, Scope};
 use crate::clock;
 use crate::db::deliveries::FetchMark;
@@ -23,16 +23,16 @@ use crate::domain::{CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/messages").route(web::post().to(create_message)))
-        .service(resource("/messages/{messageId}").route(web::get().to(get_message)))
+    cfg.service(resource("/messages").route(protected(web::post().to(create_message))))
+        .service(resource("/messages/{messageId}").route(protected(web::get().to(get_message))))
         .service(
             resource("/messages/{messageId}/comments")
-                .route(web::post().to(create_comment))
-                .route(web::get().to(list_comments)),
+                .route(protected(web::post().to(create_comment)))
+                .route(protected(web::get().to(list_comments))),
         )
         .service(
             resource("/messages/{messageId}/comments/{commentId}")
-                .route(web::get().to(get_comment)),
+                .route(protected(web::get().to(get_comment))),
         );
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::pagination::{Page, PageParams};
-use super::{AppState, resource};
+use super::{AppState, protected, resource};
 use crate::auth::{Caller, Scope, SubscriptionsManage};
 use crate::clock::{db_now, to_db};
 use crate::db::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
@@ -24,22 +24,24 @@ use crate::error::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource("/subscriptions")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
+            .route(protected(web::post().to(create)))
+            .route(protected(web::get().to(list))),
     )
     .service(
         resource("/subscriptions/{subscriptionId}")
-            .route(web::get().to(get))
-            .route(web::patch().to(update))
-            .route(web::delete().to(delete)),
+            .route(protected(web::get().to(get)))
+            .route(protected(web::patch().to(update)))
+            .route(protected(web::delete().to(delete))),
     )
     .service(
-        resource("/subscriptions/{subscriptionId}/secret/rotate").route(web::post().to(rotate)),
+        resource("/subscriptions/{subscriptionId}/secret/rotate")
+            .route(protected(web::post().to(rotate))),
     )
     .service(
-        resource("/subscriptions/{subscriptionId}/deliveries").route(web::get().to(deliveries_log)),
+        resource("/subscriptions/{subscriptionId}/deliveries")
+            .route(protected(web::get().to(deliveries_log))),
     )
-    .service(resource("/deliveries/{deliveryId}/retry").route(web::post().to(retry)));
+    .service(resource("/deliveries/{deliveryId}/retry").route(protected(web::post().to(retry))));
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@
 mod helpers;
 
 mod auth;
+mod auth_first;
 mod bench;
 mod comments;
 mod engine;
