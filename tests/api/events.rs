@@ -173,5 +173,46 @@ mod own_app {
             assert_eq!(fresh["data"].as_array().unwrap().len(), 1);
             assert_eq!(fresh["data"][0]["type"], "comment.created");
         }
+
+        /// The order that used to lose events: the reader reads one of
+        /// `pruned_through` and the rows, a prune commits, the reader reads
+        /// the other. The prune is run by hand from the reading
+        /// connection's instrumentation, right after its first query.
+        async fn a_prune_between_the_feeds_two_reads_cannot_make_a_page_skip_events(backend: Backend) {
+            let mut app = spawn_app(backend).await;
+            let message = id(&app.create_message("old").await);
+            let first = page(&app, "limit=1").await;
+            let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+            app.create_comment(&message, "unread, then expired").await;
+            app.advance(Duration::from_secs(31 * 86_400)).await;
+            app.create_comment(&message, "new").await;
+            let before = thinhook::clock::to_db(app.clock_now() - Duration::from_secs(30 * 86_400));
+
+            let url = thinhook::db::DatabaseUrl::parse(&app.settings.database.url).unwrap();
+            let pruner = app.db.clone();
+            let removed = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let removed_by_hook = removed.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                use diesel::connection::{Connection, InstrumentationEvent};
+                use thinhook::db::{events, write_transaction};
+                let mut reader = url.establish().unwrap();
+                reader.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                    let mut removed = removed_by_hook.lock().unwrap();
+                    if matches!(event, InstrumentationEvent::FinishQuery { .. }) && removed.is_none() {
+                        let mut conn = pruner.get().unwrap();
+                        *removed = Some(write_transaction(&mut conn, |c| events::prune(c, before, 1_000)).map_err(|e| e.to_string()));
+                    }
+                });
+                let query = events::FeedQuery { after: Some(1), types: Vec::new(), message_id: None, limit: 100 };
+                events::read_feed(&mut reader, &query).unwrap()
+            })
+            .await
+            .unwrap();
+
+            assert_eq!(*removed.lock().unwrap(), Some(Ok(2)), "the prune ran between the reads");
+            // The page would have begun after the pruned event 2: the cursor is gone instead.
+            assert!(matches!(read, thinhook::db::events::FeedRead::Expired), "{read:?}");
+            assert_problem(app.get(&format!("/events?after={cursor}")).await, StatusCode::GONE, "gone").await;
+        }
     }
 }
