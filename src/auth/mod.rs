@@ -4,10 +4,11 @@
 //! [`clients`] are registered by the CLI with a secret stored only as an
 //! argon2id hash ([`secret`]); `POST /oauth/token` trades client credentials
 //! for a short-lived JWT ([`tokens`]) signed by the [`keys`] ring. Every
-//! protected handler takes a [`Caller<S>`](Caller) whose type names the
-//! [`Scope`] it needs: the extractor verifies the bearer token, checks that
-//! the client is not revoked ([`revocations`], in memory), and checks the
-//! scope before the handler runs. In the steady state none of this touches
+//! protected route is wrapped in [`authenticate_first`], which verifies the
+//! bearer token and checks that the client is not revoked ([`revocations`],
+//! in memory) before anything else of the request is looked at; its handler
+//! takes a [`Caller<S>`](Caller) whose type names the [`Scope`] it needs,
+//! checked before the handler runs. In the steady state none of this touches
 //! the database.
 
 pub mod clients;
@@ -17,12 +18,14 @@ pub mod scope;
 pub mod secret;
 pub mod tokens;
 
-use std::future::Future;
+use std::future::{Ready, ready};
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
+use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage as _, HttpRequest, web};
 
 pub use scope::{Scope, Scopes};
@@ -238,8 +241,39 @@ scope_markers! {
     EventsRead => EventsRead,
 }
 
-/// An authenticated caller holding scope `S`. Put it first among a handler's
-/// arguments so that an unauthenticated request is refused before its body is read.
+/// Authenticates the request before anything else of the route runs: the
+/// middleware of every route whose handler takes a [`Caller`] (see
+/// `http::protected`). A handler's extractors are started together and
+/// polled in turn, so a token check that waits (a key reload) would let a
+/// body extractor answer 413/415/400 first, or read the body of a caller
+/// who is not one. Here a request without a valid token gets its 401 before
+/// any extractor exists; the [`Principal`] waits in the request's extensions.
+pub async fn authenticate_first(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(authenticator) = req.app_data::<web::Data<Authenticator>>().cloned() else {
+        let error = ApiError::Internal(anyhow::anyhow!("no Authenticator registered in app data"));
+        return Ok(req.error_response(error).map_into_right_body());
+    };
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().map(str::to_owned).unwrap_or_default());
+    match authenticator.authenticate(authorization.as_deref()).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            Ok(next.call(req).await?.map_into_left_body())
+        }
+        Err(error) => Ok(req.error_response(error).map_into_right_body()),
+    }
+}
+
+/// An authenticated caller holding scope `S`. The token was checked by
+/// [`authenticate_first`] before the handler's extractors started; this
+/// checks the scope and takes the request from the client's rate limit. Put
+/// it first among a handler's arguments so that a missing scope is refused
+/// before the body is read.
 #[derive(Debug)]
 pub struct Caller<S> {
     pub client_id: ClientId,
@@ -247,33 +281,54 @@ pub struct Caller<S> {
     _scope: PhantomData<S>,
 }
 
+impl<S> Caller<S> {
+    /// Refuses the request unless the token also holds `scope`: for what a
+    /// route needs beyond its own scope in some cases only.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::InsufficientScope(scope))
+        }
+    }
+}
+
 impl<S: RequiredScope + 'static> FromRequest for Caller<S> {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let req = req.clone();
-        let authenticator = req.app_data::<web::Data<Authenticator>>().cloned();
-        let authorization = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|value| value.to_str().map(str::to_owned).unwrap_or_default());
-        Box::pin(async move {
-            let authenticator = authenticator.ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("no Authenticator registered in app data"))
+        ready(Self::from_principal(req))
+    }
+}
+
+impl<S: RequiredScope> Caller<S> {
+    fn from_principal(req: &HttpRequest) -> Result<Self, ApiError> {
+        // Absent only if the route was registered without `http::protected`:
+        // a bug, refused loudly rather than authenticated in a racy order.
+        let principal = req
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "{} takes a Caller but its route is not protected",
+                    req.path()
+                ))
             })?;
-            let principal = authenticator.authenticate(authorization.as_deref()).await?;
-            if !principal.scopes.contains(S::SCOPE) {
-                return Err(ApiError::InsufficientScope(S::SCOPE));
-            }
-            if let Some(admitted) = authenticator.admit(&principal.client_id)? {
-                req.extensions_mut().insert(admitted);
-            }
-            Ok(Self {
-                client_id: principal.client_id,
-                scopes: principal.scopes,
-                _scope: PhantomData,
-            })
+        if !principal.scopes.contains(S::SCOPE) {
+            return Err(ApiError::InsufficientScope(S::SCOPE));
+        }
+        let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("no Authenticator registered in app data"))
+        })?;
+        if let Some(admitted) = authenticator.admit(&principal.client_id)? {
+            req.extensions_mut().insert(admitted);
+        }
+        Ok(Self {
+            client_id: principal.client_id,
+            scopes: principal.scopes,
+            _scope: PhantomData,
         })
     }
 }

@@ -38,6 +38,49 @@ pub fn feed(
     query.load(conn)
 }
 
+/// What a feed read asks for.
+#[derive(Debug, Clone)]
+pub struct FeedQuery {
+    /// The cursor's position; `None` reads from the oldest retained event.
+    pub after: Option<i64>,
+    /// Only these event types; empty: all.
+    pub types: Vec<&'static str>,
+    pub message_id: Option<String>,
+    pub limit: i64,
+}
+
+/// What a feed read found.
+#[derive(Debug)]
+pub enum FeedRead {
+    Page(Vec<EventRow>),
+    /// The cursor points before the retained events: some it has not seen
+    /// are gone, so no page after it can be complete.
+    Expired,
+}
+
+/// A page of the feed, or `Expired` if retention removed events the cursor
+/// has not seen.
+///
+/// `pruned_through` is read after the rows, never before: read first, a
+/// prune committing between the two reads would remove events the page
+/// should have begun with, and the page would skip them unnoticed. Read
+/// after, such a prune shows in `pruned_through` and the cursor is gone.
+pub fn read_feed(conn: &mut DbConnection, query: &FeedQuery) -> QueryResult<FeedRead> {
+    let rows = feed(
+        conn,
+        query.after.unwrap_or(0),
+        &query.types,
+        query.message_id.as_deref(),
+        query.limit,
+    )?;
+    if let Some(after) = query.after
+        && after < pruned_through(conn)?
+    {
+        return Ok(FeedRead::Expired);
+    }
+    Ok(FeedRead::Page(rows))
+}
+
 /// Events up to this position have been pruned.
 pub fn pruned_through(conn: &mut DbConnection) -> QueryResult<i64> {
     feed_retention::table

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use url::Url;
 
-use super::ssrf::{Guard, GuardedResolver, find_blocked};
+use super::ssrf::{Blocked, Guard, GuardedResolver, find_blocked};
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -63,7 +63,7 @@ impl WebhookClient {
         let started = Instant::now();
         let mut reply = match self.guard.check_literal(url) {
             Err(blocked) => Reply {
-                error: Some(format!("blocked: {blocked}")),
+                error: Some(blocked_error(url, &blocked)),
                 ..Reply::default()
             },
             Ok(()) => self.send(url, headers, body).await,
@@ -84,7 +84,7 @@ impl WebhookClient {
             Ok(response) => response,
             Err(error) => {
                 return Reply {
-                    error: Some(classify(&error)),
+                    error: Some(classify(url, &error)),
                     timed_out: error.is_timeout(),
                     ..Reply::default()
                 };
@@ -101,7 +101,7 @@ impl WebhookClient {
             status: Some(status),
             retry_after,
             timed_out: error.as_ref().is_some_and(reqwest::Error::is_timeout),
-            error: error.as_ref().map(classify),
+            error: error.as_ref().map(|error| classify(url, error)),
             excerpt,
             elapsed: Duration::ZERO,
         }
@@ -135,10 +135,21 @@ fn excerpt(bytes: &[u8]) -> Option<String> {
     (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
+/// The delivery log's text for a refused destination, which the subscriber
+/// reads: the reason without the address. The operator's log keeps the address.
+fn blocked_error(url: &Url, blocked: &Blocked) -> String {
+    tracing::debug!(
+        url = %url,
+        refused = blocked.for_operator(),
+        "webhook destination refused"
+    );
+    format!("blocked: {blocked}")
+}
+
 /// `class: message` for the delivery log.
-fn classify(error: &reqwest::Error) -> String {
+fn classify(url: &Url, error: &reqwest::Error) -> String {
     if let Some(blocked) = find_blocked(error) {
-        return format!("blocked: {blocked}");
+        return blocked_error(url, blocked);
     }
     let class = if error.is_timeout() {
         "timeout"

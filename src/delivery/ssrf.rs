@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use url::{Host, Url};
 
-/// Why a destination is refused.
+/// Why a destination is refused. The text (`Display`) goes back to clients,
+/// in 422 details and delivery logs, so it never names the address a host
+/// resolved to: that would let a client map internal DNS. The address is
+/// kept for the operator ([`Blocked::for_operator`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Blocked {
     #[error("only http and https URLs are allowed")]
@@ -25,7 +28,7 @@ pub enum Blocked {
     HttpsRequired,
     #[error("the URL has no host")]
     NoHost,
-    #[error("{ip} is a {reason} address")]
+    #[error("resolves to a non-public address")]
     Address { ip: IpAddr, reason: &'static str },
     #[error("`{0}` names the local machine")]
     LocalName(String),
@@ -33,6 +36,17 @@ pub enum Blocked {
     Unresolvable { host: String, message: String },
     #[error("the host `{0}` resolves to no address")]
     NoAddresses(String),
+}
+
+impl Blocked {
+    /// The refusal with the address and its range, for logs at debug level;
+    /// never for a response.
+    pub fn for_operator(&self) -> String {
+        match self {
+            Self::Address { ip, reason } => format!("{ip} is a {reason} address"),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// An IP network such as `127.0.0.0/8`.
@@ -496,6 +510,24 @@ mod tests {
         assert_eq!(reason("::1"), Some("loopback (::1)"));
         assert_eq!(reason("8.8.8.8"), None);
         assert_eq!(reason("2606:4700::1111"), None);
+    }
+
+    #[tokio::test]
+    async fn refusals_do_not_reveal_the_resolved_address() {
+        let guard = guard(&[]);
+        for (url, address) in [
+            ("http://private.example/", "10.1.2.3"),
+            ("http://metadata.example/", "169.254.169.254"),
+            ("http://mixed.example/", "192.168.1.1"),
+            ("http://10.0.0.5/", "10.0.0.5"),
+        ] {
+            let blocked = vet(&guard, url).await.unwrap_err();
+            let told = blocked.to_string();
+            assert_eq!(told, "resolves to a non-public address", "{url}");
+            assert!(!told.contains(address), "{url}: {told}");
+            // The operator's log still names it.
+            assert!(blocked.for_operator().contains(address), "{url}");
+        }
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub use ids::{
 };
 pub use page::PageLimit;
 pub use signing_secret::SigningSecret;
-pub use text::Text;
+pub use text::{Description, Text};
 pub use webhook_url::WebhookUrl;

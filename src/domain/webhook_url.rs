@@ -11,6 +11,8 @@ pub const MAX_URL_LEN: usize = 2048;
 pub enum InvalidWebhookUrl {
     #[error("must be at most {MAX_URL_LEN} characters")]
     TooLong,
+    #[error("must not contain control characters")]
+    ControlCharacter,
     #[error("is not an absolute URL: {0}")]
     Malformed(String),
     #[error("must use http or https, not `{0}`")]
@@ -35,6 +37,12 @@ impl WebhookUrl {
     pub fn parse(value: &str) -> Result<Self, InvalidWebhookUrl> {
         if value.len() > MAX_URL_LEN {
             return Err(InvalidWebhookUrl::TooLong);
+        }
+        // The URL parser would quietly drop tabs and newlines and
+        // percent-encode NUL: a URL that needs either is refused as written,
+        // so what is stored is what the client sent.
+        if value.chars().any(char::is_control) {
+            return Err(InvalidWebhookUrl::ControlCharacter);
         }
         let url = Url::parse(value).map_err(|e| InvalidWebhookUrl::Malformed(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -94,6 +102,9 @@ mod tests {
             ("https://example.com/#frag", "fragment"),
             ("http://", "absolute"),
             (long.as_str(), "at most"),
+            ("https://example.com/a\u{0}b", "control characters"),
+            ("https://exa\tmple.com/", "control characters"),
+            ("https://example.com/?q=\n", "control characters"),
         ];
         for (bad, reason) in cases {
             let err = WebhookUrl::parse(bad).expect_err(bad).to_string();

@@ -6,7 +6,7 @@ use actix_web::web;
 use serde::Deserialize;
 
 use super::pagination::{Page, PageParams};
-use super::{AppState, resource};
+use super::{AppState, protected, resource};
 use crate::auth::{Caller, EventsRead};
 use crate::db::events as repo;
 use crate::db::models::EventRow;
@@ -15,8 +15,8 @@ use crate::domain::{EventId, EventType, MessageId};
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/events").route(web::get().to(feed)))
-        .service(resource("/events/{eventId}").route(web::get().to(get)));
+    cfg.service(resource("/events").route(protected(web::get().to(feed))))
+        .service(resource("/events/{eventId}").route(protected(web::get().to(get))));
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,14 +51,12 @@ async fn feed(
         after: params.after,
     };
     let limit = page.limit()?;
-    let after = page
-        .after(|key| {
-            key.parse::<i64>()
-                .ok()
-                .filter(|p| *p >= 0)
-                .ok_or(crate::domain::cursor::InvalidCursor)
-        })?
-        .unwrap_or(0);
+    let after = page.after(|key| {
+        key.parse::<i64>()
+            .ok()
+            .filter(|p| *p >= 0)
+            .ok_or(crate::domain::cursor::InvalidCursor)
+    })?;
     let types: Vec<&'static str> = params
         .types
         .as_deref()
@@ -75,25 +73,24 @@ async fn feed(
         .map(MessageId::parse)
         .transpose()
         .map_err(|e| ApiError::InvalidRequest(format!("`message_id`: {e}")))?;
-    let (rows, pruned_through) = state
+    let query = repo::FeedQuery {
+        after,
+        types,
+        message_id: message_id.map(|id| id.to_string()),
+        limit: i64::from(limit.get()) + 1,
+    };
+    let rows = match state
         .db
-        .run(move |conn| {
-            let pruned_through = repo::pruned_through(conn)?;
-            let rows = repo::feed(
-                conn,
-                after,
-                &types,
-                message_id.as_ref().map(MessageId::as_str),
-                i64::from(limit.get()) + 1,
-            )?;
-            Ok((rows, pruned_through))
-        })
-        .await?;
-    if page.after.is_some() && after < pruned_through {
-        return Err(ApiError::Gone(
-            "this cursor points before the retained events; start again without `after`".into(),
-        ));
-    }
+        .run(move |conn| repo::read_feed(conn, &query))
+        .await?
+    {
+        repo::FeedRead::Page(rows) => rows,
+        repo::FeedRead::Expired => {
+            return Err(ApiError::Gone(
+                "this cursor points before the retained events; start again without `after`".into(),
+            ));
+        }
+    };
     let base = state.links.base().to_owned();
     let page = Page::from_rows(rows, limit, &page, |row| {
         row.feed_position.unwrap_or_default().to_string()

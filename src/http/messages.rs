@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 
 use super::pagination::{Page, PageParams};
 use super::subscriptions::{self, CreatedSubscription, NewSubscription};
-use super::{AppState, Links, resource};
-use crate::auth::{Caller, MessagesRead, MessagesWrite};
+use super::{AppState, Links, protected, resource};
+use crate::auth::{Caller, MessagesRead, MessagesWrite, Scope};
 use crate::clock;
 use crate::db::deliveries::FetchMark;
 use crate::db::messages as repo;
@@ -23,16 +23,16 @@ use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text}
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/messages").route(web::post().to(create_message)))
-        .service(resource("/messages/{messageId}").route(web::get().to(get_message)))
+    cfg.service(resource("/messages").route(protected(web::post().to(create_message))))
+        .service(resource("/messages/{messageId}").route(protected(web::get().to(get_message))))
         .service(
             resource("/messages/{messageId}/comments")
-                .route(web::post().to(create_comment))
-                .route(web::get().to(list_comments)),
+                .route(protected(web::post().to(create_comment)))
+                .route(protected(web::get().to(list_comments))),
         )
         .service(
             resource("/messages/{messageId}/comments/{commentId}")
-                .route(web::get().to(get_comment)),
+                .route(protected(web::get().to(get_comment))),
         );
 }
 
@@ -127,6 +127,11 @@ async fn create_message(
     body: web::Json<CreateMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    if body.new_comment_webhook.is_some() {
+        // It creates a subscription: the scope that manages them is needed
+        // as well as the one that posts.
+        caller.require(Scope::SubscriptionsManage)?;
+    }
     let text = parse_text("text", body.text)?;
     let id = MessageId::generate();
     let subscription = match &body.new_comment_webhook {

@@ -11,6 +11,7 @@ pub mod request_id;
 pub mod subscriptions;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use std::sync::Arc;
@@ -84,19 +85,20 @@ impl Links {
 /// Registers the routes and the extractor error handlers.
 pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(
-            web::JsonConfig::default()
-                .limit(max_body_bytes)
-                .error_handler(|e, _| json_error(e).into()),
-        )
-        .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
-        .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
-        .configure(health::routes)
-        .configure(oauth::routes)
-        .configure(messages::routes)
-        .configure(subscriptions::routes)
-        .configure(events::routes)
-        .default_service(web::to(unknown_route));
+        cfg.app_data(BodyLimit(max_body_bytes))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(max_body_bytes)
+                    .error_handler(|e, _| json_error(e).into()),
+            )
+            .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
+            .configure(health::routes)
+            .configure(oauth::routes)
+            .configure(messages::routes)
+            .configure(subscriptions::routes)
+            .configure(events::routes)
+            .default_service(web::to(unknown_route));
     }
 }
 
@@ -104,6 +106,19 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
 pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
+
+/// A route whose handler takes a [`Caller`](crate::auth::Caller): its bearer
+/// token is checked before any of the handler's extractors start, so a
+/// request without a valid token is answered 401 before its body is read or
+/// its path, query or body can earn a 400/413/415. Call after `.to(…)`.
+pub fn protected(route: actix_web::Route) -> actix_web::Route {
+    route.wrap(from_fn(crate::auth::authenticate_first))
+}
+
+/// The configured `max_body_bytes`, for handlers that read a body without
+/// the JSON extractor (the token endpoint).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
 
 async fn unknown_route(req: HttpRequest) -> ApiError {
     ApiError::NotFound(format!("no route matches {}", req.path()))

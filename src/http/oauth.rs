@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use serde_json::json;
 
-use super::resource;
+use super::{BodyLimit, resource};
 use crate::auth::{self, Authenticator, Scopes};
 use crate::db::models::ClientRow;
 use crate::domain::ClientId;
@@ -31,6 +31,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 enum OAuthError {
     #[error("{0}")]
     InvalidRequest(&'static str),
+    /// The body is over `max_body_bytes`: an `invalid_request` with 413.
+    #[error("the request body must be at most {limit} bytes")]
+    TooLarge { limit: usize },
     /// `basic` says whether the client tried HTTP Basic, to answer with its challenge.
     #[error("client authentication failed")]
     InvalidClient { basic: bool },
@@ -51,7 +54,7 @@ enum OAuthError {
 impl OAuthError {
     fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::TooLarge { .. } => "invalid_request",
             Self::InvalidClient { .. } => "invalid_client",
             Self::InvalidScope(_) => "invalid_scope",
             Self::UnsupportedGrantType => "unsupported_grant_type",
@@ -67,6 +70,7 @@ impl ResponseError for OAuthError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Server(inner) => inner.status_code(),
@@ -157,25 +161,57 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Result<Option<&'a str>
     Ok(first)
 }
 
-async fn token(
-    req: HttpRequest,
-    body: web::Bytes,
-    authenticator: web::Data<Authenticator>,
-) -> Result<HttpResponse, OAuthError> {
-    let is_form = req
-        .headers()
+fn is_form(req: &HttpRequest) -> bool {
+    req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| {
             v.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !is_form {
+        })
+}
+
+/// Reads the body, at most `max_body_bytes` of it. (The `Bytes` extractor
+/// would read up to actix's own default, 256 KiB, whatever the setting.) A
+/// declared length over the limit is refused before anything is read.
+async fn read_body(req: &HttpRequest, body: web::Payload) -> Result<web::Bytes, OAuthError> {
+    let limit = req
+        .app_data::<BodyLimit>()
+        .ok_or_else(|| {
+            OAuthError::Server(ApiError::Internal(anyhow::anyhow!(
+                "no BodyLimit registered in app data"
+            )))
+        })?
+        .0;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(OAuthError::TooLarge { limit });
+    }
+    match body.to_bytes_limited(limit).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(OAuthError::InvalidRequest(
+            "the request body could not be read",
+        )),
+        Err(_) => Err(OAuthError::TooLarge { limit }),
+    }
+}
+
+async fn token(
+    req: HttpRequest,
+    body: web::Payload,
+    authenticator: web::Data<Authenticator>,
+) -> Result<HttpResponse, OAuthError> {
+    if !is_form(&req) {
         return Err(OAuthError::InvalidRequest(
             "the body must be application/x-www-form-urlencoded",
         ));
     }
+    let body = read_body(&req, body).await?;
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|_| OAuthError::InvalidRequest("the body is not a valid form"))?;
     match field(&form, "grant_type")? {

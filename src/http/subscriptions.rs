@@ -10,38 +10,39 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::pagination::{Page, PageParams};
-use super::{AppState, resource};
-use crate::auth::{Caller, SubscriptionsManage};
+use super::{AppState, protected, resource};
+use crate::auth::{Caller, Scope, SubscriptionsManage};
 use crate::clock::{db_now, to_db};
 use crate::db::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
 use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
 use crate::domain::{
-    ClientId, DeliveryId, EventTypes, MessageId, SigningSecret, SubscriptionId, WebhookUrl,
+    ClientId, DeliveryId, Description, EventTypes, MessageId, SigningSecret, SubscriptionId,
+    WebhookUrl,
 };
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource("/subscriptions")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
+            .route(protected(web::post().to(create)))
+            .route(protected(web::get().to(list))),
     )
     .service(
         resource("/subscriptions/{subscriptionId}")
-            .route(web::get().to(get))
-            .route(web::patch().to(update))
-            .route(web::delete().to(delete)),
+            .route(protected(web::get().to(get)))
+            .route(protected(web::patch().to(update)))
+            .route(protected(web::delete().to(delete))),
     )
     .service(
-        resource("/subscriptions/{subscriptionId}/secret/rotate").route(web::post().to(rotate)),
+        resource("/subscriptions/{subscriptionId}/secret/rotate")
+            .route(protected(web::post().to(rotate))),
     )
     .service(
-        resource("/subscriptions/{subscriptionId}/deliveries").route(web::get().to(deliveries_log)),
+        resource("/subscriptions/{subscriptionId}/deliveries")
+            .route(protected(web::get().to(deliveries_log))),
     )
-    .service(resource("/deliveries/{deliveryId}/retry").route(web::post().to(retry)));
+    .service(resource("/deliveries/{deliveryId}/retry").route(protected(web::post().to(retry))));
 }
-
-const MAX_DESCRIPTION_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,7 +134,11 @@ pub async fn vet_url(state: &AppState, field: &str, url: &str) -> Result<Webhook
         .guard
         .vet_url(url.as_url())
         .await
-        .map_err(|blocked| validation(field, format!("is not allowed: {blocked}")))?;
+        .map_err(|blocked| {
+            // The client is told why, not where its host resolved to.
+            tracing::debug!(url = %url, refused = blocked.for_operator(), "webhook URL refused");
+            validation(field, format!("is not allowed: {blocked}"))
+        })?;
     Ok(url)
 }
 
@@ -141,15 +146,11 @@ fn parse_event_types(names: &[String]) -> Result<EventTypes, ApiError> {
     EventTypes::parse(names.iter().map(String::as_str)).map_err(|e| validation("event_types", e))
 }
 
-fn parse_description(description: Option<String>) -> Result<Option<String>, ApiError> {
-    match description {
-        Some(text) if text.chars().count() > MAX_DESCRIPTION_CHARS => Err(validation(
-            "description",
-            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-        )),
-        Some(text) if text.trim().is_empty() => Ok(None),
-        other => Ok(other),
-    }
+/// A blank description stores none.
+fn parse_description(description: String) -> Result<Option<String>, ApiError> {
+    Description::parse(description)
+        .map(|parsed| parsed.map(Description::into_string))
+        .map_err(|e| validation("description", e))
 }
 
 /// Builds a subscription with a fresh secret, sealed for storage.
@@ -205,6 +206,11 @@ async fn create(
     body: web::Json<CreateSubscription>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    if body.message_id.is_none() {
+        // Without a message filter it is sent every matching event's id and
+        // time: the event feed, pushed, so it needs the feed's scope too.
+        caller.require(Scope::EventsRead)?;
+    }
     let event_types = parse_event_types(&body.event_types)?;
     let message_id = body
         .message_id
@@ -212,7 +218,11 @@ async fn create(
         .map(MessageId::parse)
         .transpose()
         .map_err(|e| validation("message_id", e))?;
-    let description = parse_description(body.description)?;
+    let description = body
+        .description
+        .map(parse_description)
+        .transpose()?
+        .flatten();
     let url = vet_url(&state, "url", &body.url).await?;
     let new = new_subscription(
         &state,
@@ -307,7 +317,7 @@ async fn update(
         .as_deref()
         .map(parse_event_types)
         .transpose()?;
-    let description = parse_description(body.description.clone())?;
+    let description = body.description.map(parse_description).transpose()?;
     let url = match &body.url {
         Some(url) => Some(vet_url(&state, "url", url).await?),
         None => None,
@@ -315,7 +325,7 @@ async fn update(
     let patch = repo::Patch {
         url: url.map(|url| url.to_string()),
         event_types: event_types.map(|types| types.to_stored()),
-        description: body.description.is_some().then_some(description),
+        description,
         enabled: body.enabled,
     };
     let (id, owner, now) = (

@@ -376,6 +376,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A second API process on the same database, with its own writer;
+    /// returns its address. It accepts the test user's token: it shares the
+    /// signing keys, and is told this process's issuer.
+    pub async fn second_api(&self) -> String {
+        let mut settings = self.settings.clone();
+        settings.auth.issuer = self.address.clone();
+        let overrides = thinhook::startup::Overrides {
+            clock: self.clock.clone(),
+            resolver: self.resolver.clone(),
+        };
+        let api = thinhook::startup::Application::build_with(&settings, Role::Api, overrides)
+            .await
+            .unwrap();
+        let address = format!("http://{}", api.address().expect("the API listens"));
+        tokio::spawn(api.run_until_stopped(std::future::pending()));
+        address
+    }
+
     /// A worker's dispatcher, to drive step by step.
     pub async fn second_dispatcher(
         &self,

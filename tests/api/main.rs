@@ -10,6 +10,7 @@
 mod helpers;
 
 mod auth;
+mod auth_first;
 mod bench;
 mod comments;
 mod engine;
@@ -24,5 +25,6 @@ mod messages;
 mod races;
 mod receiver;
 mod spec;
+mod stored_text;
 mod subscriptions;
 mod webhooks;

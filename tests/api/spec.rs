@@ -11,7 +11,7 @@ const SPEC: &str = include_str!("../../openapi.yaml");
 
 /// Every route the server registers, as (METHOD, path template). Keep in
 /// step with `src/http/*::routes`; the test below checks the spec against it.
-const SERVER_ROUTES: &[(&str, &str)] = &[
+pub(crate) const SERVER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("POST", "/oauth/token"),

@@ -139,6 +139,46 @@ backend_tests! {
         assert_problem(response, StatusCode::FORBIDDEN, "insufficient-scope").await;
     }
 
+    async fn an_unfiltered_subscription_needs_events_read_as_well(app: &TestApp) {
+        let message = app.create_message("m").await;
+        let manager = app.register_client("manager", Scopes::parse("subscriptions:manage").unwrap()).await;
+        let unfiltered = json!({"url": "http://127.0.0.1:9/", "event_types": ["comment.created"]});
+
+        let refused = send(app, reqwest::Method::POST, "/subscriptions", &manager.token, Some(unfiltered.clone())).await;
+        assert_eq!(refused.headers()["www-authenticate"].to_str().unwrap(),
+            r#"Bearer realm="thinhook", error="insufficient_scope", scope="events:read""#);
+        assert_problem(refused, StatusCode::FORBIDDEN, "insufficient-scope").await;
+        let listed: Value = send(app, reqwest::Method::GET, "/subscriptions", &manager.token, None).await.json().await.unwrap();
+        assert_eq!(listed["data"], json!([]), "nothing was created");
+
+        // Filtered to one message, it tells of that message only: its own scope suffices.
+        let filtered = json!({"url": "http://127.0.0.1:9/", "event_types": ["comment.created"], "message_id": id(&message)});
+        let created = send(app, reqwest::Method::POST, "/subscriptions", &manager.token, Some(filtered)).await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+
+        let feed_reader = app.register_client("both", Scopes::parse("subscriptions:manage events:read").unwrap()).await;
+        let created = send(app, reqwest::Method::POST, "/subscriptions", &feed_reader.token, Some(unfiltered)).await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+
+    async fn new_comment_webhook_needs_subscriptions_manage(app: &TestApp) {
+        let poster = app.register_client("poster", Scopes::parse("messages:read messages:write").unwrap()).await;
+        let with_webhook = json!({"text": "hi", "newCommentWebhook": "http://127.0.0.1:9/hook"});
+
+        let refused = send(app, reqwest::Method::POST, "/messages", &poster.token, Some(with_webhook.clone())).await;
+        assert_eq!(refused.headers()["www-authenticate"].to_str().unwrap(),
+            r#"Bearer realm="thinhook", error="insufficient_scope", scope="subscriptions:manage""#);
+        assert_problem(refused, StatusCode::FORBIDDEN, "insufficient-scope").await;
+        let feed: Value = app.get("/events").await.json().await.unwrap();
+        assert_eq!(feed["data"], json!([]), "no message was created");
+
+        let plain = send(app, reqwest::Method::POST, "/messages", &poster.token, Some(json!({"text": "hi"}))).await;
+        assert_eq!(plain.status(), StatusCode::CREATED);
+        let manager = app.register_client("poster and manager", Scopes::parse("messages:write subscriptions:manage").unwrap()).await;
+        let created = send(app, reqwest::Method::POST, "/messages", &manager.token, Some(with_webhook)).await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+
     async fn new_comment_webhook_creates_an_owned_subscription_for_that_message(app: &TestApp) {
         let response = app
             .post_json("/messages", &json!({"text": "hi", "newCommentWebhook": "http://127.0.0.1:9/hook"}))

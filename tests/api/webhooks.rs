@@ -480,6 +480,46 @@ backend_tests_with_backend! {
         let error = deliveries_of(&app, &sub).await[0]["attempts"][0]["error"].as_str().unwrap().to_owned();
         assert!(error.starts_with("blocked"), "{error}");
     }
+
+    async fn refusals_do_not_reveal_the_address_a_name_resolves_to(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| s.delivery.allow_cidrs = vec!["127.0.0.1/32".into()]).await;
+        app.resolver.set("internal.test", &["10.0.0.5"]);
+        app.resolver.set("mixed.test", &["93.184.215.14", "192.168.77.1"]);
+        let hidden = ["10.0.0.5", "192.168.77.1", "10.0.0.0/8", "192.168.0.0/16", "private"];
+
+        // At registration: the 422 says why, not where.
+        let message = id(&app.create_message("m").await);
+        for (field, response) in [
+            ("url", app.post_json("/subscriptions", &json!({"url": "http://internal.test/", "event_types": ["comment.created"]})).await),
+            ("url", app.post_json("/subscriptions", &json!({"url": "http://mixed.test/", "event_types": ["comment.created"]})).await),
+            ("newCommentWebhook", app.post_json("/messages", &json!({"text": "x", "newCommentWebhook": "http://internal.test/"})).await),
+        ] {
+            let problem = crate::helpers::assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+            let detail = problem["detail"].as_str().unwrap();
+            assert_eq!(detail, format!("`{field}` is not allowed: resolves to a non-public address"));
+            for text in hidden {
+                assert!(!detail.contains(text), "{detail}");
+            }
+        }
+
+        // At delivery, after the name moved inside: the delivery log says the same.
+        let receiver = Receiver::start().await;
+        let port = receiver.address.rsplit(':').next().unwrap().to_owned();
+        app.resolver.set("moving.test", &["127.0.0.1"]);
+        let (sub, _) = subscribe(&app, &format!("http://moving.test:{port}/"), &["comment.created"], Some(&message)).await;
+        app.resolver.set("moving.test", &["10.0.0.5"]);
+        post_comment(&app, &message, "c").await;
+        app.dispatch_all_pending().await;
+
+        let delivery = &deliveries_of(&app, &sub).await[0];
+        for error in [&delivery["last_error"], &delivery["attempts"][0]["error"]] {
+            let error = error.as_str().unwrap();
+            assert_eq!(error, "blocked: resolves to a non-public address");
+            for text in hidden {
+                assert!(!error.contains(text), "{error}");
+            }
+        }
+    }
 }
 
 /// A worker in another process learns of new deliveries through
