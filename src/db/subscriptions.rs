@@ -270,11 +270,19 @@ pub fn matching(
     message_id: &str,
 ) -> QueryResult<Vec<SubscriptionRow>> {
     let pattern = EventTypes::stored_pattern(event_type);
+    // Two halves, each served by its own index (an `OR` could scan them all).
     Fixed::new(
         "SELECT * FROM subscriptions
-         WHERE enabled = 1 AND event_types LIKE ? AND (message_id IS NULL OR message_id = ?)
+         WHERE message_id IS NULL AND enabled = 1 AND event_types LIKE ?
+         UNION ALL
+         SELECT * FROM subscriptions
+         WHERE message_id = ? AND enabled = 1 AND event_types LIKE ?
          ORDER BY id",
-        [Bind::Text(&pattern), Bind::Text(message_id)],
+        [
+            Bind::Text(&pattern),
+            Bind::Text(message_id),
+            Bind::Text(&pattern),
+        ],
     )
     .load(conn)
 }

@@ -8,6 +8,7 @@
 
 #[macro_use]
 mod helpers;
+mod indexes;
 
 mod auth;
 mod auth_first;

@@ -1,0 +1,3 @@
+DROP INDEX events_by_message;
+DROP INDEX subscriptions_unfiltered;
+DROP INDEX subscriptions_by_message;
