@@ -13,6 +13,7 @@ mod indexes;
 mod auth;
 mod auth_first;
 mod bench;
+mod chaos;
 mod comments;
 mod engine;
 mod errors;
