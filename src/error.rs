@@ -43,8 +43,8 @@ pub enum ApiError {
     /// Existed once, removed for good (an expired feed cursor).
     #[error("{0}")]
     Gone(String),
-    #[error("this resource does not support {0}")]
-    MethodNotAllowed(String),
+    #[error("this resource does not support {method}; it supports {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -92,7 +92,7 @@ impl ApiError {
             Self::InsufficientScope(_) => "insufficient-scope",
             Self::NotFound(_) => "not-found",
             Self::Gone(_) => "gone",
-            Self::MethodNotAllowed(_) => "method-not-allowed",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::RateLimited { .. } => "rate-limited",
@@ -112,7 +112,7 @@ impl ApiError {
             Self::InsufficientScope(_) => "Insufficient scope",
             Self::NotFound(_) => "Not found",
             Self::Gone(_) => "Gone",
-            Self::MethodNotAllowed(_) => "Method not allowed",
+            Self::MethodNotAllowed { .. } => "Method not allowed",
             Self::PayloadTooLarge(_) => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::RateLimited { .. } => "Too many requests",
@@ -142,7 +142,7 @@ impl ResponseError for ApiError {
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Gone(_) => StatusCode::GONE,
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -166,6 +166,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             Self::RateLimited {
                 policy,

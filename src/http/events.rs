@@ -15,8 +15,8 @@ use crate::domain::{EventId, EventType, MessageId};
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/events").route(protected(web::get().to(feed))))
-        .service(resource("/events/{eventId}").route(protected(web::get().to(get))));
+    cfg.service(resource("/events", "GET").route(protected(web::get().to(feed))))
+        .service(resource("/events/{eventId}", "GET").route(protected(web::get().to(get))));
 }
 
 #[derive(Debug, Deserialize)]

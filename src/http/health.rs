@@ -8,8 +8,16 @@ use crate::auth::Authenticator;
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(healthz)))
-        .service(resource("/readyz").route(web::get().to(readyz)));
+    cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(readyz)))
+        .service(resource("/openapi.yaml", "GET").route(web::get().to(openapi)));
+}
+
+/// The API's own description, for generated clients and tools.
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/yaml")
+        .body(include_str!("../../openapi.yaml"))
 }
 
 /// The process is up and serving HTTP.

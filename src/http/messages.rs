@@ -23,15 +23,17 @@ use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text}
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/messages").route(protected(web::post().to(create_message))))
-        .service(resource("/messages/{messageId}").route(protected(web::get().to(get_message))))
+    cfg.service(resource("/messages", "POST").route(protected(web::post().to(create_message))))
         .service(
-            resource("/messages/{messageId}/comments")
+            resource("/messages/{messageId}", "GET").route(protected(web::get().to(get_message))),
+        )
+        .service(
+            resource("/messages/{messageId}/comments", "GET, POST")
                 .route(protected(web::post().to(create_comment)))
                 .route(protected(web::get().to(list_comments))),
         )
         .service(
-            resource("/messages/{messageId}/comments/{commentId}")
+            resource("/messages/{messageId}/comments/{commentId}", "GET")
                 .route(protected(web::get().to(get_comment))),
         );
 }

@@ -103,8 +103,14 @@ pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) 
 }
 
 /// A resource whose unsupported methods get a 405 problem document.
-pub fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// `allow` lists the methods routed (the `Allow` header of a 405).
+pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow,
+        }
+    }))
 }
 
 /// A route whose handler takes a [`Caller`](crate::auth::Caller): its bearer
@@ -122,10 +128,6 @@ pub struct BodyLimit(pub usize);
 
 async fn unknown_route(req: HttpRequest) -> ApiError {
     ApiError::NotFound(format!("no route matches {}", req.path()))
-}
-
-async fn method_not_allowed(req: HttpRequest) -> ApiError {
-    ApiError::MethodNotAllowed(req.method().to_string())
 }
 
 fn json_error(error: JsonPayloadError) -> ApiError {

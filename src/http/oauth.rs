@@ -23,8 +23,12 @@ use crate::rate_limit::Decision;
 const SECRET_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/oauth/token").route(web::post().to(token)))
-        .service(resource("/.well-known/jwks.json").route(web::get().to(jwks)));
+    cfg.service(resource("/oauth/token", "POST").route(web::post().to(token)))
+        .service(resource("/.well-known/jwks.json", "GET").route(web::get().to(jwks)))
+        .service(
+            resource("/.well-known/oauth-authorization-server", "GET")
+                .route(web::get().to(metadata)),
+        );
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +325,29 @@ async fn check_secret(
     })
     .await
     .map_err(|e| OAuthError::Server(ApiError::Internal(e.into())))
+}
+
+/// RFC 8414 authorisation server metadata: where to get tokens and the
+/// keys that verify them, for clients that configure themselves.
+async fn metadata(
+    authenticator: web::Data<Authenticator>,
+    state: web::Data<super::AppState>,
+) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        ))
+        .json(json!({
+            "issuer": authenticator.policy.issuer,
+            "token_endpoint": state.links.absolute("/oauth/token"),
+            "jwks_uri": state.links.absolute("/.well-known/jwks.json"),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": Scopes::all().to_string().split(' ').collect::<Vec<_>>(),
+            // Client credentials only: no authorisation endpoint, so no response types.
+            "response_types_supported": [],
+        }))
 }
 
 async fn jwks(authenticator: web::Data<Authenticator>) -> Result<HttpResponse, ApiError> {

@@ -23,25 +23,27 @@ use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        resource("/subscriptions")
+        resource("/subscriptions", "GET, POST")
             .route(protected(web::post().to(create)))
             .route(protected(web::get().to(list))),
     )
     .service(
-        resource("/subscriptions/{subscriptionId}")
+        resource("/subscriptions/{subscriptionId}", "DELETE, GET, PATCH")
             .route(protected(web::get().to(get)))
             .route(protected(web::patch().to(update)))
             .route(protected(web::delete().to(delete))),
     )
     .service(
-        resource("/subscriptions/{subscriptionId}/secret/rotate")
+        resource("/subscriptions/{subscriptionId}/secret/rotate", "POST")
             .route(protected(web::post().to(rotate))),
     )
     .service(
-        resource("/subscriptions/{subscriptionId}/deliveries")
+        resource("/subscriptions/{subscriptionId}/deliveries", "GET")
             .route(protected(web::get().to(deliveries_log))),
     )
-    .service(resource("/deliveries/{deliveryId}/retry").route(protected(web::post().to(retry))));
+    .service(
+        resource("/deliveries/{deliveryId}/retry", "POST").route(protected(web::post().to(retry))),
+    );
 }
 
 #[derive(Debug, Deserialize)]

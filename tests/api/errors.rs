@@ -23,8 +23,37 @@ backend_tests! {
         assert_problem(response, StatusCode::NOT_FOUND, "not-found").await;
     }
 
-    async fn an_unsupported_method_returns_405(app: &TestApp) {
-        let response = app.client.delete(app.url("/messages")).send().await.unwrap();
-        assert_problem(response, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed").await;
+    async fn an_unsupported_method_returns_405_with_the_allowed_ones(app: &TestApp) {
+        for (path, allow) in [("/messages", "POST"), ("/subscriptions/sub_x", "DELETE, GET, PATCH"), ("/healthz", "GET")] {
+            let response = app.client.put(app.url(path)).send().await.unwrap();
+            assert_eq!(response.headers()["allow"], allow, "{path}");
+            assert_problem(response, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed").await;
+        }
+    }
+
+    async fn a_malformed_cursor_in_any_list_is_a_problem_document(app: &TestApp) {
+        let message = app.create_message("m").await["id"].as_str().unwrap().to_owned();
+        let subscription: serde_json::Value = app
+            .post_json("/subscriptions", &serde_json::json!({"url": "http://127.0.0.1:9/", "event_types": ["comment.created"]}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let lists = [
+            "/events".to_owned(),
+            format!("/messages/{message}/comments"),
+            "/subscriptions".to_owned(),
+            format!("/subscriptions/{}/deliveries", subscription["id"].as_str().unwrap()),
+        ];
+        for list in &lists {
+            for cursor in ["garbage", "%ZZ", "", "djE6", "djE6bXNnX3g", "%00", &"a".repeat(5000)] {
+                let response = app.get(&format!("{list}?after={cursor}")).await;
+                let what = format!("{list}?after={}", &cursor[..cursor.len().min(20)]);
+                assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what}");
+                assert_eq!(response.headers()["content-type"], "application/problem+json", "{what}");
+                let problem: serde_json::Value = response.json().await.unwrap();
+                assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {problem}");
+            }
+        }
     }
 }

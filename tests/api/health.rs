@@ -181,3 +181,42 @@ async fn sqlite_commits_sync_at_every_commit_when_asked() {
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
 }
+
+mod discovery {
+    use reqwest::StatusCode;
+    use serde_json::Value;
+
+    backend_tests! {
+        async fn the_spec_and_the_authorization_server_metadata_are_served(app: &TestApp) {
+            let spec = app.client.get(app.url("/openapi.yaml")).send().await.unwrap();
+            assert_eq!(spec.status(), StatusCode::OK);
+            assert_eq!(spec.headers()["content-type"], "application/yaml");
+            assert_eq!(spec.text().await.unwrap(), include_str!("../../openapi.yaml"));
+
+            let metadata: Value = app
+                .client
+                .get(app.url("/.well-known/oauth-authorization-server"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(metadata["issuer"], app.address.as_str());
+            assert_eq!(metadata["grant_types_supported"], serde_json::json!(["client_credentials"]));
+            // The endpoints it names work.
+            let token_endpoint = metadata["token_endpoint"].as_str().unwrap();
+            let token = app
+                .client
+                .post(token_endpoint)
+                .basic_auth(&app.user.id, Some(&app.user.secret))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(token.status(), StatusCode::OK);
+            let keys: Value = app.client.get(metadata["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+            assert!(!keys["keys"].as_array().unwrap().is_empty());
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub(crate) const SERVER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("POST", "/oauth/token"),
     ("GET", "/.well-known/jwks.json"),
+    ("GET", "/.well-known/oauth-authorization-server"),
+    ("GET", "/openapi.yaml"),
     ("POST", "/messages"),
     ("GET", "/messages/{messageId}"),
     ("POST", "/messages/{messageId}/comments"),
