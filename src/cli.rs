@@ -178,15 +178,44 @@ fn keys(
 async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let app = Application::build(&settings, role).await?;
+    let role_name = match role {
+        Role::All => "all",
+        Role::Api => "api",
+        Role::Worker => "worker",
+    };
+    let key = if settings.secrets.encryption_key.is_empty() {
+        settings.secrets.key_file.clone()
+    } else {
+        "secrets.encryption_key".to_owned()
+    };
     tracing::info!(
-        ?role,
+        role = role_name,
+        database = redacted(&settings.database.url),
+        secrets_key = key,
         address = app.address().map(|a| a.to_string()),
         public_base_url = app.public_base_url(),
+        allow_cidrs = settings.delivery.allow_cidrs.join(","),
         "thinhook is running"
     );
+    if app.address().is_some() && !app.has_clients().await {
+        tracing::info!(
+            "no API client exists yet: create one with `thinhook clients create --name NAME`"
+        );
+    }
     app.run_until_stopped(shutdown).await?;
     tracing::info!("thinhook stopped");
     Ok(())
+}
+
+/// A database URL without its password.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {

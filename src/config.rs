@@ -345,6 +345,7 @@ impl Settings {
         if !self.public_base_url.is_empty() {
             validate_base_url(&self.public_base_url).map_err(|r| ("public_base_url", r))?;
         }
+        validate_log_level(&self.log.level).map_err(|reason| ("log.level", reason))?;
         if self.max_body_bytes < 1024 {
             return Err(("max_body_bytes", "must be at least 1024".into()));
         }
@@ -449,6 +450,27 @@ impl Settings {
             .map_err(|e| ("log.level", e.to_string()))?;
         Ok(())
     }
+}
+
+/// Comma-separated levels and `target=level` directives. (The filter itself would take a misspelt level such as
+/// `dbug` for a target name and quietly log nothing.)
+fn validate_log_level(value: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |level: &str| LEVELS.contains(&level.trim().to_ascii_lowercase().as_str());
+    for directive in value.split(',') {
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "`{}` is not a level ({}) or a `target=level` directive",
+                directive.trim(),
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_base_url(value: &str) -> Result<(), String> {
@@ -647,6 +669,22 @@ fn parse_like(default: &Value, text: &str) -> Result<Value, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_misspelt_log_level_is_refused() {
+        for good in [
+            "info",
+            "WARN",
+            "warn,thinhook=debug",
+            "thinhook::db=trace",
+            "off",
+        ] {
+            assert_eq!(validate_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["dbug", "warn,thinhook=dbug", "=info", "", "info,"] {
+            assert!(validate_log_level(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -312,6 +312,14 @@ impl Application {
         self.authenticator.clone()
     }
 
+    /// Whether any API client is registered (for the start-up hint).
+    pub async fn has_clients(&self) -> bool {
+        self.db
+            .run(|conn| crate::db::clients::list(conn).map(|clients| !clients.is_empty()))
+            .await
+            .unwrap_or(true)
+    }
+
     /// This process's writer.
     pub fn writer(&self) -> Writer {
         self.writer.clone()

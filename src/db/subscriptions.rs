@@ -330,7 +330,9 @@ pub fn apply_verdicts(
         .filter(|(_, health)| !health.failures.is_empty());
     for (id, Health { failures, .. }) in failing {
         if let Some((_, at)) = failures.iter().find(|(v, _)| *v == Verdict::Gone) {
-            disable(conn, id, "the endpoint answered 410 Gone", *at)?;
+            let reason = "the endpoint answered 410 Gone";
+            tracing::warn!(subscription = id, reason, "subscription disabled");
+            disable(conn, id, reason, *at)?;
             continue;
         }
         let (first, last) = (failures[0].1, failures[failures.len() - 1].1);
@@ -339,6 +341,7 @@ pub fn apply_verdicts(
             && since.assume_utc() + disable_after <= last.assume_utc()
         {
             let reason = format!("failing without a success since {}", since.assume_utc());
+            tracing::warn!(subscription = id, reason, "subscription disabled");
             disable(conn, id, &reason, last)?;
         }
     }

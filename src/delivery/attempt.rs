@@ -142,7 +142,7 @@ impl Attempter {
                 "webhook delivered"
             );
         } else {
-            tracing::info!(
+            tracing::warn!(
                 delivery = delivery.delivery_id,
                 subscription = subscription.id,
                 event = event.id,

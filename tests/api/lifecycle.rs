@@ -25,6 +25,81 @@ fn an_invalid_setting_stops_start_up_with_one_line_naming_it() {
 }
 
 #[test]
+fn a_misspelt_log_level_stops_start_up_instead_of_logging_nothing() {
+    let output = thinhook()
+        .arg("serve")
+        .env("THINHOOK_LOG_LEVEL", "dbug")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("log.level") && stderr.contains("dbug"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_start_up_log_names_what_the_gateway_runs_on_and_hints_at_the_first_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = thinhook()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("THINHOOK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("THINHOOK_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let hint = line.contains("no API client exists yet");
+            seen.push(line);
+            if hint {
+                break;
+            }
+        }
+        seen
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lines.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.join().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("thinhook clients create")),
+        "no hint to create the first client: {lines:?}"
+    );
+    let running = lines
+        .iter()
+        .find(|l| l.contains("thinhook is running"))
+        .expect("a start-up line");
+    let running: serde_json::Value = serde_json::from_str(running).unwrap();
+    let fields = &running["fields"];
+    assert_eq!(fields["role"], "all");
+    assert_eq!(fields["database"], "sqlite://thinhook.sqlite3");
+    assert_eq!(fields["secrets_key"], "thinhook.key");
+    assert_eq!(
+        fields["public_base_url"],
+        format!("http://127.0.0.1:{port}")
+    );
+}
+
+#[test]
 fn serve_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
