@@ -18,6 +18,8 @@ const PUBLIC_ROUTES: &[&str] = &[
     "/readyz",
     "/oauth/token",
     "/.well-known/jwks.json",
+    "/.well-known/oauth-authorization-server",
+    "/openapi.yaml",
 ];
 
 /// A well-formed EdDSA at+jwt naming a key the server does not have. Its
