@@ -45,6 +45,9 @@ pub enum Command {
     Listen(crate::listen::ListenArgs),
     /// Measure a gateway: start it, load it, receive its webhooks, report.
     Bench(crate::bench::BenchArgs),
+    /// Print the effective configuration (defaults, file, environment) as
+    /// TOML, with passwords and keys redacted.
+    Config,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +73,8 @@ pub enum ClientsCommand {
 pub enum KeysCommand {
     /// Make a new signing key active; the old one keeps verifying until its tokens expire.
     Rotate,
+    /// List signing keys: which one signs, which still verify.
+    List,
 }
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -79,6 +84,10 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Clients(command) => with_database(settings, move |db| clients(db, command)).await,
         Command::Listen(args) => crate::listen::run(args, shutdown_signal()).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Config => {
+            print!("{}", effective_config(&settings)?);
+            Ok(())
+        }
         Command::Keys(command) => {
             if !settings.auth.signing_key_file.is_empty() {
                 anyhow::bail!(
@@ -171,6 +180,33 @@ fn keys(
             let kid = auth::keys::rotate(&mut *db.get()?, clock::SystemClock.now_utc(), secrets)?;
             println!("new signing key: {kid}");
         }
+        KeysCommand::List => {
+            let rfc3339 = |at: time::PrimitiveDateTime| {
+                at.assume_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+            };
+            println!("{:<24}  {:<8}  {:<27}  RETIRED", "KID", "STATUS", "CREATED");
+            let mut signing = true;
+            for key in db::signing_keys::list(&mut *db.get()?)? {
+                // The newest key not retired signs; retired ones verify until
+                // the tokens they signed expire.
+                let status = match key.retired_at {
+                    None if signing => {
+                        signing = false;
+                        "signing"
+                    }
+                    None => "verifies",
+                    Some(_) => "retired",
+                };
+                println!(
+                    "{:<24}  {:<8}  {:<27}  {}",
+                    key.kid,
+                    status,
+                    rfc3339(key.created_at)?,
+                    key.retired_at.map(rfc3339).transpose()?.unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -205,6 +241,16 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     app.run_until_stopped(shutdown).await?;
     tracing::info!("thinhook stopped");
     Ok(())
+}
+
+/// The settings as TOML, passwords and keys replaced by `***`.
+fn effective_config(settings: &Settings) -> anyhow::Result<String> {
+    let mut shown = settings.clone();
+    shown.database.url = redacted(&shown.database.url);
+    if !shown.secrets.encryption_key.is_empty() {
+        shown.secrets.encryption_key = "***".into();
+    }
+    Ok(toml::to_string(&shown)?)
 }
 
 /// A database URL without its password.

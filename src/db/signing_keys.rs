@@ -24,6 +24,14 @@ pub fn active(conn: &mut DbConnection) -> QueryResult<Option<SigningKeyRow>> {
         .optional()
 }
 
+/// Every key, newest first.
+pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<SigningKeyRow>> {
+    signing_keys::table
+        .order((signing_keys::created_at.desc(), signing_keys::kid.desc()))
+        .select(SigningKeyRow::as_select())
+        .load(conn)
+}
+
 /// Keys that may still verify tokens: unretired, or retired after `since`.
 pub fn verifying(
     conn: &mut DbConnection,

@@ -148,3 +148,54 @@ fn serve_stops_gracefully_on_sigterm() {
     assert!(status.success(), "{status}");
     assert!(dir.path().join("thinhook.sqlite3").exists());
 }
+
+#[test]
+fn config_prints_the_effective_settings_without_passwords_or_keys() {
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let output = thinhook()
+        .arg("config")
+        .env(
+            "THINHOOK_DATABASE_URL",
+            "postgres://thinhook:hunter2@db.internal/thinhook",
+        )
+        .env("THINHOOK_SECRETS_ENCRYPTION_KEY", key)
+        .env("THINHOOK_LIMITS_API_PER_SECOND", "50")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let config: toml::Table = printed.parse().unwrap();
+    assert_eq!(
+        config["database"]["url"].as_str(),
+        Some("postgres://thinhook:***@db.internal/thinhook")
+    );
+    assert_eq!(config["secrets"]["encryption_key"].as_str(), Some("***"));
+    assert_eq!(config["limits"]["api_per_second"].as_float(), Some(50.0));
+    assert!(
+        !printed.contains("hunter2") && !printed.contains(key),
+        "{printed}"
+    );
+}
+
+#[test]
+fn keys_list_shows_which_key_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = thinhook()
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&["keys", "rotate"]);
+    run(&["keys", "rotate"]);
+    let listed = run(&["keys", "list"]);
+    let statuses: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(statuses, ["signing", "retired"], "{listed}");
+}
