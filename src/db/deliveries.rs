@@ -181,6 +181,36 @@ pub fn list_for_subscription(
     query.load(conn)
 }
 
+/// The deliveries of every subscription of `owner`, oldest first, from
+/// `since` (their creation), after the delivery `after`.
+pub fn list_for_owner(
+    conn: &mut DbConnection,
+    owner: &str,
+    status: Option<&str>,
+    since: Option<PrimitiveDateTime>,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<(DeliveryRow, EventRow)>> {
+    let mut query = deliveries::table
+        .inner_join(events::table)
+        .inner_join(subscriptions::table)
+        .filter(subscriptions::owner_client_id.eq(owner))
+        .select((DeliveryRow::as_select(), EventRow::as_select()))
+        .order(deliveries::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(status) = status {
+        query = query.filter(deliveries::status.eq(status));
+    }
+    if let Some(since) = since {
+        query = query.filter(deliveries::created_at.ge(since));
+    }
+    if let Some(after) = after {
+        query = query.filter(deliveries::id.gt(after));
+    }
+    query.load(conn)
+}
+
 pub fn attempts_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<AttemptRow>> {
     delivery_attempts::table
         .filter(delivery_attempts::delivery_id.eq_any(ids))

@@ -41,6 +41,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         resource("/subscriptions/{subscriptionId}/deliveries", "GET")
             .route(protected(web::get().to(deliveries_log))),
     )
+    .service(resource("/deliveries", "GET").route(protected(web::get().to(all_deliveries))))
     .service(
         resource("/deliveries/{deliveryId}/retry", "POST").route(protected(web::post().to(retry))),
     );
@@ -514,6 +515,77 @@ struct DeliveryParams {
     after: Option<String>,
 }
 
+/// `status` as stored, or a 400 naming the ones there are.
+fn status_filter(status: Option<String>) -> Result<Option<String>, ApiError> {
+    match status {
+        Some(status) if !deliveries::STATUSES.contains(&status.as_str()) => {
+            Err(ApiError::InvalidRequest(format!(
+                "`status` must be one of {}",
+                deliveries::STATUSES.join(", ")
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllDeliveriesParams {
+    status: Option<String>,
+    /// RFC 3339: deliveries created at or after.
+    since: Option<String>,
+    limit: Option<u64>,
+    after: Option<String>,
+}
+
+/// The caller's deliveries across all its subscriptions: what failed
+/// since the incident began, in one list.
+async fn all_deliveries(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    params: web::Query<AllDeliveriesParams>,
+) -> Result<web::Json<Page<Delivery>>, ApiError> {
+    let params = params.into_inner();
+    let status = status_filter(params.status)?;
+    let since = params
+        .since
+        .as_deref()
+        .map(|since| {
+            OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+                .map(to_db)
+                .map_err(|_| {
+                    ApiError::InvalidRequest(format!(
+                        "`since` must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z, not `{since}`"
+                    ))
+                })
+        })
+        .transpose()?;
+    let page = PageParams {
+        limit: params.limit,
+        after: params.after,
+    };
+    let limit = page.limit()?;
+    let after = page.after(DeliveryId::parse)?;
+    let owner = caller.client_id.to_string();
+    let rows = state
+        .db
+        .run(move |conn| {
+            let rows = deliveries::list_for_owner(
+                conn,
+                &owner,
+                status.as_deref(),
+                since,
+                after.as_ref().map(DeliveryId::as_str),
+                i64::from(limit.get()) + 1,
+            )?;
+            with_attempts(conn, rows)
+        })
+        .await?;
+    Ok(web::Json(Page::from_rows(rows, limit, &page, |d| {
+        d.id.clone()
+    })))
+}
+
 async fn deliveries_log(
     caller: Caller<SubscriptionsManage>,
     state: web::Data<AppState>,
@@ -521,14 +593,7 @@ async fn deliveries_log(
     params: web::Query<DeliveryParams>,
 ) -> Result<web::Json<Page<Delivery>>, ApiError> {
     let params = params.into_inner();
-    if let Some(status) = &params.status
-        && !deliveries::STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::InvalidRequest(format!(
-            "`status` must be one of {}",
-            deliveries::STATUSES.join(", ")
-        )));
-    }
+    let status = status_filter(params.status)?;
     let page = PageParams {
         limit: params.limit,
         after: params.after,
@@ -536,7 +601,6 @@ async fn deliveries_log(
     let limit = page.limit()?;
     let after = page.after(DeliveryId::parse)?;
     let subscription = find(&state, &caller.client_id, &path.id).await?;
-    let status = params.status;
     let rows = state
         .db
         .run(move |conn| {

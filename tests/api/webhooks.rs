@@ -278,6 +278,58 @@ backend_tests_with_backend! {
         assert!(receiver.received().len() > before);
     }
 
+    async fn an_owner_lists_its_deliveries_across_subscriptions_and_no_one_elses(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| s.delivery.retry_schedule_secs = vec![0]).await;
+        let (healthy, failing) = (Receiver::start().await, Receiver::start().await);
+        failing.script((0..3).map(|_| Reply::status(500)));
+        let message = id(&app.create_message("m").await);
+        subscribe(&app, &healthy.url("/"), &["comment.created"], None).await;
+        let (broken, _) = subscribe(&app, &failing.url("/"), &["comment.created"], None).await;
+        for n in 0..3 {
+            post_comment(&app, &message, &format!("c{n}")).await;
+        }
+        assert_eq!(app.dispatch_all_pending().await, 6);
+
+        let list = |query: String| {
+            let app = &app;
+            async move {
+                let response = app.get(&format!("/deliveries{query}")).await;
+                assert_eq!(response.status(), StatusCode::OK, "{query}");
+                response.json::<Value>().await.unwrap()
+            }
+        };
+        let failed = list("?status=failed".into()).await;
+        let failed = failed["data"].as_array().unwrap();
+        assert_eq!(failed.len(), 3);
+        assert!(failed.iter().all(|d| d["subscription_id"] == broken.as_str() && d["attempts"].as_array().unwrap().len() == 1));
+
+        // Cursor-paged, oldest first, every delivery once.
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = list(format!("?limit=4{after}")).await;
+            seen.extend(page["data"].as_array().unwrap().iter().map(id));
+            match page["next_cursor"].as_str() {
+                Some(cursor) if page["has_more"] == true => after = format!("&after={cursor}"),
+                _ => break,
+            }
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!((seen.len(), &seen), (6, &sorted));
+
+        let later = (app.clock_now() + Duration::from_secs(3600))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        assert_eq!(list(format!("?since={later}")).await["data"], json!([]));
+        assert_problem(app.get("/deliveries?since=yesterday").await, StatusCode::BAD_REQUEST, "invalid-request").await;
+
+        let stranger = app.register_client("stranger", thinhook::auth::Scopes::all()).await;
+        let theirs: Value = app.get_with_token("/deliveries", &stranger.token).await.json().await.unwrap();
+        assert_eq!(theirs["data"], json!([]));
+    }
+
     async fn a_dead_delivery_can_be_retried_by_its_owner(backend: Backend) {
         let app = spawn_app_with(backend, Role::Api, |s| s.delivery.retry_schedule_secs = vec![0]).await;
         let receiver = Receiver::start().await;
