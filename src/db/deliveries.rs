@@ -211,6 +211,35 @@ pub fn list_for_owner(
     query.load(conn)
 }
 
+/// Makes due now, at most `limit`, the finished deliveries of
+/// `subscription` created since `since` whose status is one of `statuses`
+/// (never pending: those are queued already, so replaying twice queues
+/// nothing twice). Returns how many, oldest first.
+pub fn replay(
+    conn: &mut DbConnection,
+    subscription: &str,
+    statuses: &[&str],
+    since: PrimitiveDateTime,
+    limit: i64,
+    now: PrimitiveDateTime,
+) -> QueryResult<usize> {
+    let chosen: Vec<String> = deliveries::table
+        .filter(deliveries::subscription_id.eq(subscription))
+        .filter(deliveries::status.eq_any(statuses))
+        .filter(deliveries::status.ne(PENDING))
+        .filter(deliveries::created_at.ge(since))
+        .order(deliveries::id.asc())
+        .limit(limit)
+        .select(deliveries::id)
+        .load(conn)?;
+    diesel::update(deliveries::table.filter(deliveries::id.eq_any(&chosen)))
+        .set((
+            deliveries::status.eq(PENDING),
+            deliveries::next_attempt_at.eq(now),
+        ))
+        .execute(conn)
+}
+
 pub fn attempts_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<AttemptRow>> {
     delivery_attempts::table
         .filter(delivery_attempts::delivery_id.eq_any(ids))

@@ -41,6 +41,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         resource("/subscriptions/{subscriptionId}/deliveries", "GET")
             .route(protected(web::get().to(deliveries_log))),
     )
+    .service(
+        resource("/subscriptions/{subscriptionId}/replay", "POST")
+            .route(protected(web::post().to(replay))),
+    )
     .service(resource("/deliveries", "GET").route(protected(web::get().to(all_deliveries))))
     .service(
         resource("/deliveries/{deliveryId}/retry", "POST").route(protected(web::post().to(retry))),
@@ -584,6 +588,66 @@ async fn all_deliveries(
     Ok(web::Json(Page::from_rows(rows, limit, &page, |d| {
         d.id.clone()
     })))
+}
+
+/// Deliveries one replay queues at most; call again for the rest.
+const REPLAY_LIMIT: i64 = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    /// RFC 3339: deliveries created at or after.
+    since: String,
+    /// `failed` (the default) or `all` (delivered ones too).
+    #[serde(default)]
+    include: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Replayed {
+    requeued: usize,
+    /// A full batch was queued: call again for more.
+    has_more: bool,
+}
+
+/// Queues the subscription's failed (or all finished) deliveries since a
+/// time again, at most [`REPLAY_LIMIT`] per call. Deliveries still queued
+/// are left alone, so a second call queues nothing twice.
+async fn replay(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+    body: web::Json<ReplayRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let since = OffsetDateTime::parse(&body.since, &time::format_description::well_known::Rfc3339)
+        .map(to_db)
+        .map_err(|_| {
+            validation(
+                "since",
+                "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z",
+            )
+        })?;
+    let statuses: &'static [&'static str] = match body.include.as_deref() {
+        None | Some("failed") => &[deliveries::FAILED],
+        Some("all") => &[deliveries::FAILED, deliveries::DELIVERED],
+        Some(_) => return Err(validation("include", "must be `failed` or `all`")),
+    };
+    let subscription = find(&state, &caller.client_id, &path.id).await?;
+    let now = db_now(&*state.clock);
+    let requeued = state
+        .writer
+        .run(move |conn| {
+            let requeued =
+                deliveries::replay(conn, &subscription.id, statuses, since, REPLAY_LIMIT, now)?;
+            queue::announce(conn)?;
+            Ok(requeued)
+        })
+        .await?;
+    state.webhooks.wake.notify_one();
+    // Possibly more: exactly the limit was queued (another call says).
+    let has_more = requeued as i64 == REPLAY_LIMIT;
+    Ok(HttpResponse::Accepted().json(Replayed { requeued, has_more }))
 }
 
 async fn deliveries_log(

@@ -30,6 +30,7 @@ pub(crate) const SERVER_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/subscriptions/{subscriptionId}"),
     ("POST", "/subscriptions/{subscriptionId}/secret/rotate"),
     ("GET", "/subscriptions/{subscriptionId}/deliveries"),
+    ("POST", "/subscriptions/{subscriptionId}/replay"),
     ("GET", "/deliveries"),
     ("POST", "/deliveries/{deliveryId}/retry"),
     ("GET", "/events"),

@@ -330,6 +330,49 @@ backend_tests_with_backend! {
         assert_eq!(theirs["data"], json!([]));
     }
 
+    async fn a_replay_queues_failed_deliveries_once_and_only_for_their_owner(backend: Backend) {
+        let app = spawn_app_with(backend, Role::Api, |s| s.delivery.retry_schedule_secs = vec![0]).await;
+        let receiver = Receiver::start().await;
+        receiver.script((0..3).map(|_| Reply::status(500)));
+        let message = id(&app.create_message("m").await);
+        let (sub, _) = subscribe(&app, &receiver.url("/"), &["comment.created"], None).await;
+        let since = app.clock_now().format(&time::format_description::well_known::Rfc3339).unwrap();
+        for n in 0..4 {
+            post_comment(&app, &message, &format!("c{n}")).await;
+        }
+        assert_eq!(app.dispatch_all_pending().await, 4);
+        let replay = format!("/subscriptions/{sub}/replay");
+
+        // Another client cannot replay it.
+        let stranger = app.register_client("stranger", thinhook::auth::Scopes::all()).await;
+        let refused = app
+            .client
+            .post(app.url(&replay))
+            .bearer_auth(&stranger.token)
+            .json(&json!({"since": since}))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(refused, StatusCode::NOT_FOUND, "not-found").await;
+
+        let response = app.post_json(&replay, &json!({"since": since})).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["requeued"], 3, "{body}");
+        // Still queued: a second replay queues nothing twice.
+        let again: Value = app.post_json(&replay, &json!({"since": since})).await.json().await.unwrap();
+        assert_eq!(again["requeued"], 0, "{again}");
+
+        assert_eq!(app.dispatch_all_pending().await, 3);
+        assert_eq!(receiver.received().len(), 7, "4 attempts, then 3 replayed");
+        let statuses: Vec<String> = deliveries_of(&app, &sub).await.iter().map(|d| d["status"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(statuses, ["delivered"; 4]);
+        // `all` replays delivered ones too.
+        let all: Value = app.post_json(&replay, &json!({"since": since, "include": "all"})).await.json().await.unwrap();
+        assert_eq!(all["requeued"], 4, "{all}");
+        assert_problem(app.post_json(&replay, &json!({"since": "yesterday"})).await, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    }
+
     async fn a_dead_delivery_can_be_retried_by_its_owner(backend: Backend) {
         let app = spawn_app_with(backend, Role::Api, |s| s.delivery.retry_schedule_secs = vec![0]).await;
         let receiver = Receiver::start().await;
