@@ -34,10 +34,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A server's failure belongs in its log (JSON when configured); a
+    // command's in one plain line. Never both.
+    let serving = matches!(cli.command, cli::Command::Serve { .. });
     match runtime.block_on(cli::run(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err(error) if serving => {
             tracing::error!(error = format!("{error:#}"), "thinhook failed");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
             eprintln!("thinhook: {error:#}");
             ExitCode::FAILURE
         }

@@ -199,3 +199,21 @@ fn keys_list_shows_which_key_signs() {
         .collect();
     assert_eq!(statuses, ["signing", "retired"], "{listed}");
 }
+
+#[test]
+fn a_failing_command_says_why_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = thinhook()
+        .args(["clients", "revoke", "cli_nope"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("cli_nope")).collect();
+    assert_eq!(
+        errors,
+        ["thinhook: no active client `cli_nope`"],
+        "{stderr}"
+    );
+}
