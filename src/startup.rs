@@ -314,10 +314,7 @@ impl Application {
 
     /// Whether any API client is registered (for the start-up hint).
     pub async fn has_clients(&self) -> bool {
-        self.db
-            .run(|conn| crate::db::clients::list(conn).map(|clients| !clients.is_empty()))
-            .await
-            .unwrap_or(true)
+        self.db.run(crate::db::clients::any).await.unwrap_or(true)
     }
 
     /// This process's writer.

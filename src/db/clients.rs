@@ -37,6 +37,11 @@ pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<ClientRow>> {
         .load(conn)
 }
 
+/// Whether any client is registered.
+pub fn any(conn: &mut DbConnection) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(clients::table.select(clients::id))).get_result(conn)
+}
+
 /// Marks the client revoked; returns false if it does not exist or already
 /// was. On PostgreSQL, API processes are told at once.
 pub fn revoke(conn: &mut DbConnection, id: &str, at: PrimitiveDateTime) -> QueryResult<bool> {

@@ -158,34 +158,20 @@ pub fn find_owned(
         .optional()
 }
 
-pub fn list_for_subscription(
-    conn: &mut DbConnection,
-    subscription_id: &str,
-    status: Option<&str>,
-    after: Option<&str>,
-    limit: i64,
-) -> QueryResult<Vec<(DeliveryRow, EventRow)>> {
-    let mut query = deliveries::table
-        .inner_join(events::table)
-        .filter(deliveries::subscription_id.eq(subscription_id))
-        .select((DeliveryRow::as_select(), EventRow::as_select()))
-        .order(deliveries::id.asc())
-        .limit(limit)
-        .into_boxed();
-    if let Some(status) = status {
-        query = query.filter(deliveries::status.eq(status));
-    }
-    if let Some(after) = after {
-        query = query.filter(deliveries::id.gt(after));
-    }
-    query.load(conn)
+/// Whose deliveries a list holds.
+#[derive(Debug, Clone)]
+pub enum DeliveriesOf {
+    /// One subscription's (its owner checked by the caller).
+    Subscription(String),
+    /// Every subscription's of a client.
+    Owner(String),
 }
 
-/// The deliveries of every subscription of `owner`, oldest first, from
-/// `since` (their creation), after the delivery `after`.
-pub fn list_for_owner(
+/// Deliveries with their events, oldest first: of `of`, optionally only
+/// with `status`, created at or after `since`, after the delivery `after`.
+pub fn list(
     conn: &mut DbConnection,
-    owner: &str,
+    of: &DeliveriesOf,
     status: Option<&str>,
     since: Option<PrimitiveDateTime>,
     after: Option<&str>,
@@ -194,11 +180,14 @@ pub fn list_for_owner(
     let mut query = deliveries::table
         .inner_join(events::table)
         .inner_join(subscriptions::table)
-        .filter(subscriptions::owner_client_id.eq(owner))
         .select((DeliveryRow::as_select(), EventRow::as_select()))
         .order(deliveries::id.asc())
         .limit(limit)
         .into_boxed();
+    query = match of {
+        DeliveriesOf::Subscription(id) => query.filter(deliveries::subscription_id.eq(id)),
+        DeliveriesOf::Owner(owner) => query.filter(subscriptions::owner_client_id.eq(owner)),
+    };
     if let Some(status) = status {
         query = query.filter(deliveries::status.eq(status));
     }

@@ -550,33 +550,74 @@ async fn all_deliveries(
     params: web::Query<AllDeliveriesParams>,
 ) -> Result<web::Json<Page<Delivery>>, ApiError> {
     let params = params.into_inner();
-    let status = status_filter(params.status)?;
-    let since = params
-        .since
-        .as_deref()
-        .map(|since| {
-            OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
-                .map(to_db)
-                .map_err(|_| {
-                    ApiError::InvalidRequest(format!(
-                        "`since` must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z, not `{since}`"
-                    ))
-                })
-        })
-        .transpose()?;
     let page = PageParams {
         limit: params.limit,
         after: params.after,
     };
-    let limit = page.limit()?;
-    let after = page.after(DeliveryId::parse)?;
-    let owner = caller.client_id.to_string();
+    let query = DeliveriesQuery::check(params.status, params.since.as_deref(), page)?;
+    let of = deliveries::DeliveriesOf::Owner(caller.client_id.to_string());
+    deliveries_page(&state, of, query).await
+}
+
+/// What a `since` must be.
+const SINCE_FORMAT: &str = "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z";
+
+fn parse_since(since: &str) -> Option<time::PrimitiveDateTime> {
+    OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(to_db)
+}
+
+/// A request for a list of deliveries, checked.
+struct DeliveriesQuery {
+    status: Option<String>,
+    since: Option<time::PrimitiveDateTime>,
+    limit: crate::domain::PageLimit,
+    after: Option<DeliveryId>,
+    page: PageParams,
+}
+
+impl DeliveriesQuery {
+    fn check(
+        status: Option<String>,
+        since: Option<&str>,
+        page: PageParams,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            status: status_filter(status)?,
+            since: since
+                .map(|since| {
+                    parse_since(since).ok_or_else(|| {
+                        ApiError::InvalidRequest(format!("`since` {SINCE_FORMAT}, not `{since}`"))
+                    })
+                })
+                .transpose()?,
+            limit: page.limit()?,
+            after: page.after(DeliveryId::parse)?,
+            page,
+        })
+    }
+}
+
+/// A page of the deliveries of `of`, each with its attempts.
+async fn deliveries_page(
+    state: &AppState,
+    of: deliveries::DeliveriesOf,
+    query: DeliveriesQuery,
+) -> Result<web::Json<Page<Delivery>>, ApiError> {
+    let DeliveriesQuery {
+        status,
+        since,
+        limit,
+        after,
+        page,
+    } = query;
     let rows = state
         .db
         .run(move |conn| {
-            let rows = deliveries::list_for_owner(
+            let rows = deliveries::list(
                 conn,
-                &owner,
+                &of,
                 status.as_deref(),
                 since,
                 after.as_ref().map(DeliveryId::as_str),
@@ -620,14 +661,7 @@ async fn replay(
     body: web::Json<ReplayRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let since = OffsetDateTime::parse(&body.since, &time::format_description::well_known::Rfc3339)
-        .map(to_db)
-        .map_err(|_| {
-            validation(
-                "since",
-                "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z",
-            )
-        })?;
+    let since = parse_since(&body.since).ok_or_else(|| validation("since", SINCE_FORMAT))?;
     let statuses: &'static [&'static str] = match body.include.as_deref() {
         None | Some("failed") => &[deliveries::FAILED],
         Some("all") => &[deliveries::FAILED, deliveries::DELIVERED],
@@ -657,30 +691,14 @@ async fn deliveries_log(
     params: web::Query<DeliveryParams>,
 ) -> Result<web::Json<Page<Delivery>>, ApiError> {
     let params = params.into_inner();
-    let status = status_filter(params.status)?;
     let page = PageParams {
         limit: params.limit,
         after: params.after,
     };
-    let limit = page.limit()?;
-    let after = page.after(DeliveryId::parse)?;
+    let query = DeliveriesQuery::check(params.status, None, page)?;
     let subscription = find(&state, &caller.client_id, &path.id).await?;
-    let rows = state
-        .db
-        .run(move |conn| {
-            let rows = deliveries::list_for_subscription(
-                conn,
-                &subscription.id,
-                status.as_deref(),
-                after.as_ref().map(DeliveryId::as_str),
-                i64::from(limit.get()) + 1,
-            )?;
-            with_attempts(conn, rows)
-        })
-        .await?;
-    Ok(web::Json(Page::from_rows(rows, limit, &page, |d| {
-        d.id.clone()
-    })))
+    let of = deliveries::DeliveriesOf::Subscription(subscription.id);
+    deliveries_page(&state, of, query).await
 }
 
 async fn retry(

@@ -20,22 +20,11 @@ fn id(value: &Value) -> String {
 /// `thinhook serve --role all` on the app's database and key, answering
 /// tokens the app issued, on `port`.
 fn gateway_process(app: &TestApp, port: u16) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_thinhook"))
-        .args(["serve"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+    app.serve_process(&[])
         .env("THINHOOK_LISTEN", format!("127.0.0.1:{port}"))
         .env("THINHOOK_AUTH_ISSUER", &app.address)
-        .env("THINHOOK_DATABASE_URL", &app.settings.database.url)
-        .env(
-            "THINHOOK_SECRETS_ENCRYPTION_KEY",
-            &app.settings.secrets.encryption_key,
-        )
-        .env("THINHOOK_DELIVERY_ALLOW_CIDRS", "127.0.0.0/8")
-        .env("THINHOOK_DELIVERY_POLL_INTERVAL_MS", "50")
         .env("THINHOOK_LIMITS_API_BURST", "100000")
         .env("THINHOOK_LOG_LEVEL", "error")
-        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap()

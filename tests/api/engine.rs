@@ -278,7 +278,11 @@ backend_tests_with_backend! {
         receiver.script((0..EVENTS).map(|_| Reply::hang(Duration::from_secs(60))));
         let message = id(&app.create_message("m").await);
         let subscription = subscribe(&app, &receiver.url("/"), None).await;
-        let mut worker = app.worker_process();
+        let mut worker = app
+            .serve_process(&["--role", "worker"])
+            .env("THINHOOK_LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap();
         for n in 0..EVENTS {
             app.create_comment(&message, &format!("c{n}")).await;
         }
@@ -346,26 +350,5 @@ async fn the_per_subscription_bound_holds_across_two_workers_on_postgres() {
     for (stop, running) in [(stop_one, one), (stop_two, two)] {
         let _ = stop.send(());
         running.await.unwrap().unwrap();
-    }
-}
-
-impl TestApp {
-    /// `thinhook serve --role worker` on this app's database, as a process.
-    fn worker_process(&self) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_thinhook"))
-            .args(["serve", "--role", "worker"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("THINHOOK_DATABASE_URL", &self.settings.database.url)
-            .env(
-                "THINHOOK_SECRETS_ENCRYPTION_KEY",
-                &self.settings.secrets.encryption_key,
-            )
-            .env("THINHOOK_DELIVERY_ALLOW_CIDRS", "127.0.0.0/8")
-            .env("THINHOOK_DELIVERY_POLL_INTERVAL_MS", "50")
-            .env("THINHOOK_LOG_LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
     }
 }

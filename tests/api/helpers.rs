@@ -424,6 +424,27 @@ impl TestApp {
         (stop, running)
     }
 
+    /// `thinhook serve ARGS` on this app's database and secrets key, with
+    /// loopback receivers allowed and a short poll; only `PATH` of the
+    /// test's own environment is passed on.
+    pub fn serve_process(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_thinhook"));
+        command
+            .arg("serve")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("THINHOOK_DATABASE_URL", &self.settings.database.url)
+            .env(
+                "THINHOOK_SECRETS_ENCRYPTION_KEY",
+                &self.settings.secrets.encryption_key,
+            )
+            .env("THINHOOK_DELIVERY_ALLOW_CIDRS", "127.0.0.0/8")
+            .env("THINHOOK_DELIVERY_POLL_INTERVAL_MS", "50")
+            .stdout(std::process::Stdio::null());
+        command
+    }
+
     pub fn clock_now(&self) -> time::OffsetDateTime {
         use thinhook::clock::Clock;
         self.clock.now_utc()
