@@ -42,6 +42,7 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +149,16 @@ pub struct SecretsSettings {
     pub key_file: String,
 }
 
+/// Prometheus metrics at `GET /metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Serve `/metrics` on this address (e.g. `127.0.0.1:9100`) instead of the
+    /// API's; also how a worker, which has no API, is scraped.
+    pub listen: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -201,6 +212,7 @@ impl Default for Settings {
             secrets: SecretsSettings::default(),
             limits: LimitSettings::default(),
             log: LogSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -286,6 +298,28 @@ impl Default for LimitSettings {
     }
 }
 
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: String::new(),
+        }
+    }
+}
+
+impl MetricsSettings {
+    /// The separate address to serve metrics on, if any.
+    pub fn address(&self) -> Result<Option<SocketAddr>, String> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("`{}` is not an address such as 127.0.0.1:9100", self.listen))
+    }
+}
+
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
@@ -346,6 +380,9 @@ impl Settings {
             validate_base_url(&self.public_base_url).map_err(|r| ("public_base_url", r))?;
         }
         validate_log_level(&self.log.level).map_err(|reason| ("log.level", reason))?;
+        self.metrics
+            .address()
+            .map_err(|reason| ("metrics.listen", reason))?;
         if self.max_body_bytes < 1024 {
             return Err(("max_body_bytes", "must be at least 1024".into()));
         }
@@ -777,6 +814,11 @@ mod tests {
                 None,
                 &[("THINHOOK_DATABASE_URL", "mysql://x")],
                 &["`database.url`"],
+            ),
+            (
+                None,
+                &[("THINHOOK_METRICS_LISTEN", "9100")],
+                &["`metrics.listen`", "127.0.0.1:9100"],
             ),
             (
                 None,

@@ -22,7 +22,9 @@
 //! - [`listen`]: `thinhook listen`, a local receiver for development.
 //! - [`bench`]: `thinhook bench`, a load generator with its own receiver
 //!   that measures a gateway binary from the outside.
-//! - [`telemetry`]: structured logs with a request id per request.
+//! - [`telemetry`]: structured logs with a request id per request;
+//!   [`metrics`]: what `GET /metrics` shows; [`trace`]: the W3C trace
+//!   context an event carries from its request to its webhooks.
 //!
 //! # The path of one comment
 //!
@@ -44,8 +46,10 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod rate_limit;
 pub mod retention;
 pub mod secret_box;
 pub mod startup;
 pub mod telemetry;
+pub mod trace;

@@ -28,7 +28,10 @@ use crate::delivery::client::{ClientSettings, WebhookClient};
 use crate::delivery::dispatcher::{self, DispatchSettings, Dispatcher};
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::ssrf::{Cidr, EgressPolicy, Guard, Resolver, SystemResolver};
+use crate::error::ApiError;
+use crate::http::metrics::Exporter;
 use crate::http::{self, AppState, Links, Webhooks, request_id};
+use crate::metrics::Metrics;
 use crate::secret_box::SecretBox;
 
 /// What this process does.
@@ -64,6 +67,9 @@ pub struct Application {
     address: Option<SocketAddr>,
     public_base_url: String,
     server: Option<Server>,
+    /// `/metrics` on an address of its own (`metrics.listen`).
+    metrics_server: Option<(Server, SocketAddr)>,
+    metrics: Arc<Metrics>,
     dispatcher: Arc<Dispatcher>,
     db: Database,
     writer: Writer,
@@ -179,11 +185,22 @@ impl Application {
             sender: handoff,
             wake: wake.clone(),
         });
+        let metrics = Arc::new(Metrics::new());
+        let exporter = Exporter {
+            metrics: metrics.clone(),
+            db: db.clone(),
+            clock: clock.clone(),
+        };
+        let metrics_server = match (settings.metrics.enabled, settings.metrics.address()) {
+            (true, Ok(Some(address))) => Some(metrics_server(address, exporter.clone())?),
+            _ => None,
+        };
         let writer = Writer::start(
             db.connect_options(),
             WriterSettings {
                 queue: settings.database.writer_queue,
                 max_batch: settings.database.writer_batch,
+                metrics: metrics.clone(),
             },
             handoff,
         )?;
@@ -203,6 +220,7 @@ impl Application {
                 },
                 clock: clock.clone(),
                 endpoints: Arc::default(),
+                metrics: metrics.clone(),
             },
             backend: db.backend(),
             settings: DispatchSettings {
@@ -252,13 +270,19 @@ impl Application {
                 });
                 let max_body_bytes = settings.max_body_bytes;
                 let authenticator_data = authenticator.clone();
+                let with_metrics = settings.metrics.enabled && metrics_server.is_none();
+                let counters = web::Data::from(metrics.clone());
+                let exporter = web::Data::new(exporter);
                 let mut server = HttpServer::new(move || {
                     App::new()
                         .wrap(from_fn(http::limits::middleware))
                         .wrap(from_fn(request_id::middleware))
+                        .wrap(from_fn(http::metrics::middleware))
                         .app_data(state.clone())
                         .app_data(authenticator.clone())
-                        .configure(http::configure(max_body_bytes))
+                        .app_data(counters.clone())
+                        .app_data(exporter.clone())
+                        .configure(http::configure(max_body_bytes, with_metrics))
                 })
                 // Signals are handled by `run_until_stopped`, which also stops the dispatcher.
                 .disable_signals()
@@ -279,6 +303,8 @@ impl Application {
             address,
             public_base_url,
             server,
+            metrics_server,
+            metrics,
             dispatcher,
             db,
             writer,
@@ -300,6 +326,16 @@ impl Application {
 
     pub fn public_base_url(&self) -> &str {
         &self.public_base_url
+    }
+
+    /// Where `/metrics` is served on an address of its own (`metrics.listen`).
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(_, address)| *address)
+    }
+
+    /// This process's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The dispatcher; tests drive it with `dispatch_all_pending`.
@@ -347,6 +383,11 @@ impl Application {
             ));
             tokio::spawn(self.dispatcher.clone().run(stopped))
         });
+        let metrics_server = self.metrics_server.map(|(server, _)| {
+            let handle = server.handle();
+            tokio::spawn(server);
+            handle
+        });
         let handle = self.server.as_ref().map(Server::handle);
         let server = async {
             match self.server {
@@ -378,6 +419,10 @@ impl Application {
         }
         if let Some(presence) = presence {
             presence.stop().await;
+        }
+        // Scrapes are answered until the gateway has drained.
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.stop(true).await;
         }
         result
     }
@@ -474,6 +519,27 @@ fn authenticator(
         verified: Default::default(),
         limits: crate::auth::Limits::new(&settings.limits),
     })
+}
+
+/// `/metrics` alone on `address`, answered by one thread.
+fn metrics_server(address: SocketAddr, exporter: Exporter) -> anyhow::Result<(Server, SocketAddr)> {
+    let listener = TcpListener::bind(address)
+        .with_context(|| format!("cannot listen on {address} (metrics.listen)"))?;
+    let address = listener.local_addr()?;
+    let exporter = web::Data::new(exporter);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(exporter.clone())
+            .configure(http::metrics::routes)
+            .default_service(web::to(|| async {
+                ApiError::NotFound("only /metrics is served here".into())
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((server, address))
 }
 
 fn default_base_url(address: SocketAddr) -> String {

@@ -35,17 +35,20 @@ pub struct Leased {
     pub attempts: i32,
     pub event: Arc<EventRow>,
     pub subscription: Arc<SubscriptionRow>,
+    /// Delivered once already (a replay): its delay is not measured again.
+    pub delivered_before: bool,
 }
 
 /// The deliveries `ids` with their events and subscriptions.
 pub fn load_leased(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<Leased>> {
-    let rows: Vec<(String, i32, EventRow, SubscriptionRow)> = deliveries::table
+    let rows: Vec<(String, i32, bool, EventRow, SubscriptionRow)> = deliveries::table
         .inner_join(events::table)
         .inner_join(subscriptions::table)
         .filter(deliveries::id.eq_any(ids))
         .select((
             deliveries::id,
             deliveries::attempts,
+            deliveries::delivered_at.is_not_null(),
             EventRow::as_select(),
             SubscriptionRow::as_select(),
         ))
@@ -54,18 +57,21 @@ pub fn load_leased(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<L
     let mut subscriptions: HashMap<String, Arc<SubscriptionRow>> = HashMap::new();
     Ok(rows
         .into_iter()
-        .map(|(delivery_id, attempts, event, subscription)| Leased {
-            delivery_id,
-            attempts,
-            event: events
-                .entry(event.id.clone())
-                .or_insert_with(|| Arc::new(event))
-                .clone(),
-            subscription: subscriptions
-                .entry(subscription.id.clone())
-                .or_insert_with(|| Arc::new(subscription))
-                .clone(),
-        })
+        .map(
+            |(delivery_id, attempts, delivered_before, event, subscription)| Leased {
+                delivery_id,
+                attempts,
+                delivered_before,
+                event: events
+                    .entry(event.id.clone())
+                    .or_insert_with(|| Arc::new(event))
+                    .clone(),
+                subscription: subscriptions
+                    .entry(subscription.id.clone())
+                    .or_insert_with(|| Arc::new(subscription))
+                    .clone(),
+            },
+        )
         .collect())
 }
 
@@ -121,13 +127,13 @@ impl AttemptOutcome {
 /// new state, the lease released, and what the attempts say about their
 /// subscriptions. An outcome counts only while its delivery is still leased
 /// to `worker`: one whose lease passed to another worker is discarded
-/// (fencing). Returns, per outcome, whether it was recorded.
+/// (fencing).
 pub fn record_outcomes(
     conn: &mut DbConnection,
     worker: &str,
     outcomes: &[AttemptOutcome],
     disable_after: Duration,
-) -> QueryResult<Vec<bool>> {
+) -> QueryResult<Recorded> {
     let recorded = super::queue::record_fenced(conn, worker, outcomes)?;
     let kept: Vec<&AttemptOutcome> = outcomes
         .iter()
@@ -138,8 +144,21 @@ pub fn record_outcomes(
         .iter()
         .map(|o| (o.subscription_id.as_str(), o.verdict, o.finished_at))
         .collect();
-    super::subscriptions::apply_verdicts(conn, &verdicts, disable_after)?;
-    Ok(recorded)
+    let disabled = super::subscriptions::apply_verdicts(conn, &verdicts, disable_after)?;
+    Ok(Recorded {
+        kept: recorded,
+        disabled,
+    })
+}
+
+/// What recording a batch of outcomes did.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Per outcome, whether it was recorded (false: the lease had passed
+    /// to another worker).
+    pub kept: Vec<bool>,
+    /// Subscriptions the outcomes disabled.
+    pub disabled: usize,
 }
 
 /// A delivery, if it belongs to a subscription of `owner`.

@@ -125,6 +125,8 @@ pub struct EventRow {
     /// Place in the event feed, taken from the feed counter as the last step
     /// of the recording transaction.
     pub feed_position: Option<i64>,
+    /// The W3C `traceparent` of the request that created the event.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]

@@ -27,6 +27,8 @@ pub struct Publication {
     pub resource: Resource,
     /// Path of the resource under the public base URL.
     pub resource_path: String,
+    /// The trace of the request that created it, passed on to its webhooks.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,7 +42,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    fn event_type(&self) -> EventType {
+    pub fn event_type(&self) -> EventType {
         match self {
             Self::Message { .. } => EventType::MessageCreated,
             Self::Comment(_) => EventType::CommentCreated,
@@ -150,6 +152,7 @@ pub fn publish_all(
                 sequence,
                 created_at: item.resource.created_at(),
                 feed_position: None,
+                traceparent: item.traceparent.clone(),
             }
         })
         .collect();
@@ -187,6 +190,7 @@ pub fn publish_all(
                 leased.push(Leased {
                     delivery_id: id.clone(),
                     attempts: 0,
+                    delivered_before: false,
                     event: event.clone(),
                     subscription: subscription.clone(),
                 });

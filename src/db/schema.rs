@@ -62,6 +62,7 @@ diesel::table! {
         sequence -> BigInt,
         created_at -> Timestamp,
         feed_position -> Nullable<BigInt>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -292,11 +292,14 @@ pub fn matching(
 /// failing period (if none runs), and one failing for `disable_after`
 /// without a success, or answering 410, is disabled. Subscriptions that
 /// succeeded cost one statement together.
+/// Clears or starts subscriptions' failing periods from a batch of
+/// verdicts, disabling those that answered 410 Gone or failed for longer
+/// than `disable_after`; returns how many it disabled.
 pub fn apply_verdicts(
     conn: &mut DbConnection,
     verdicts: &[(&str, Verdict, PrimitiveDateTime)],
     disable_after: Duration,
-) -> QueryResult<()> {
+) -> QueryResult<usize> {
     /// What a subscription's attempts in this batch said.
     #[derive(Default)]
     struct Health {
@@ -325,6 +328,7 @@ pub fn apply_verdicts(
     )
     .set(subscriptions::failing_since.eq(None::<PrimitiveDateTime>))
     .execute(conn)?;
+    let mut disabled = 0;
     let failing = by_subscription
         .into_iter()
         .filter(|(_, health)| !health.failures.is_empty());
@@ -333,6 +337,7 @@ pub fn apply_verdicts(
             let reason = "the endpoint answered 410 Gone";
             tracing::warn!(subscription = id, reason, "subscription disabled");
             disable(conn, id, reason, *at)?;
+            disabled += 1;
             continue;
         }
         let (first, last) = (failures[0].1, failures[failures.len() - 1].1);
@@ -343,9 +348,10 @@ pub fn apply_verdicts(
             let reason = format!("failing without a success since {}", since.assume_utc());
             tracing::warn!(subscription = id, reason, "subscription disabled");
             disable(conn, id, &reason, last)?;
+            disabled += 1;
         }
     }
-    Ok(())
+    Ok(disabled)
 }
 
 /// After a failure: starts the failing period if none is running; returns

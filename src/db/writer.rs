@@ -26,18 +26,20 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
-use super::deliveries::{self, AttemptOutcome, FetchMark, Leased};
+use super::deliveries::{self, AttemptOutcome, FetchMark, Leased, Recorded};
 use super::outbox::{self, LeaseTo, Publication, Published};
 use super::queue::{self, Handoff};
 use super::{ConnectOptions, DbConnection, DbError};
 use crate::clock::to_db;
+use crate::metrics::Metrics;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterSettings {
     /// Commands that may wait for the writer; more are refused.
     pub queue: usize,
     /// Commands written in one transaction at most.
     pub max_batch: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The handle: cheap to clone; the thread stops when the last one is dropped.
@@ -128,6 +130,7 @@ impl Writer {
             receiver,
             max_batch: settings.max_batch.max(1),
             handoff,
+            metrics: settings.metrics,
         };
         std::thread::Builder::new()
             .name("thinhook-writer".into())
@@ -225,6 +228,7 @@ struct Thread {
     receiver: mpsc::Receiver<Command>,
     max_batch: usize,
     handoff: Option<Handoff>,
+    metrics: Arc<Metrics>,
 }
 
 /// A batch, sorted by kind.
@@ -362,20 +366,28 @@ impl Thread {
             tracing::error!(why, "write batch failed");
             why
         });
+        let elapsed = started.elapsed();
         tracing::debug!(
             jobs = answers.len(),
             outcomes = records.iter().map(|r| r.outcomes.len()).sum::<usize>(),
             marks = marks.len(),
             publications = publications.len(),
-            elapsed_us = started.elapsed().as_micros(),
+            elapsed_us = elapsed.as_micros(),
             "write batch"
         );
         let status = committed.as_ref().map(|_| ()).map_err(String::as_str);
+        if status.is_ok() {
+            self.count(&written, &publications, elapsed);
+        }
+        self.metrics
+            .writer_batch
+            .observe((answers.len() + records.len() + marks.len() + publications.len()) as f64);
         for answer in answers {
             answer(status);
         }
         for (record, result) in records.into_iter().zip(written.recorded) {
-            let _ = record.reply.send(committed_or(status, result));
+            let kept = result.map(|recorded| recorded.kept);
+            let _ = record.reply.send(committed_or(status, kept));
         }
         let queued: usize = written
             .published
@@ -393,6 +405,29 @@ impl Thread {
             handoff.deliver(written.leased);
         }
         committed.is_ok()
+    }
+
+    /// What a committed batch adds to the metrics.
+    fn count(&self, written: &Written, publications: &[Publication], elapsed: Duration) {
+        let metrics = &self.metrics;
+        metrics.writer_commit.observe(elapsed.as_secs_f64());
+        for (publication, result) in publications.iter().zip(&written.published) {
+            if let Ok(Some(_)) = result {
+                metrics.event_accepted(publication.resource.event_type().as_str());
+            }
+        }
+        let disabled: usize = written
+            .recorded
+            .iter()
+            .flatten()
+            .map(|recorded| recorded.disabled)
+            .sum();
+        if disabled > 0 {
+            metrics
+                .attempts
+                .get_or_create(&[("outcome", "disabled")])
+                .inc_by(disabled as u64);
+        }
     }
 
     /// Writes the batch's data in the open transaction. `careful`: each
@@ -461,8 +496,8 @@ impl Thread {
 /// still fails is recorded without the receiver's text, so that no answer
 /// can wedge its delivery; only a failure of that too (the database itself)
 /// fails the record, which the dispatcher then retries.
-fn record_one_by_one(conn: &mut DbConnection, record: &Record) -> QueryResult<Vec<bool>> {
-    let mut recorded = Vec::with_capacity(record.outcomes.len());
+fn record_one_by_one(conn: &mut DbConnection, record: &Record) -> QueryResult<Recorded> {
+    let mut recorded = Recorded::default();
     for outcome in &record.outcomes {
         let record_one = |conn: &mut DbConnection, outcome: &AttemptOutcome| {
             conn.transaction(|conn| {
@@ -482,7 +517,10 @@ fn record_one_by_one(conn: &mut DbConnection, record: &Record) -> QueryResult<Ve
             );
             record_one(conn, &outcome.without_text())
         })?;
-        recorded.push(one.first().copied().unwrap_or(false));
+        recorded
+            .kept
+            .push(one.kept.first().copied().unwrap_or(false));
+        recorded.disabled += one.disabled;
     }
     Ok(recorded)
 }
@@ -496,7 +534,7 @@ struct Data<'a> {
 
 /// What writing a batch's data produced, per command.
 struct Written {
-    recorded: Vec<QueryResult<Vec<bool>>>,
+    recorded: Vec<QueryResult<Recorded>>,
     published: Vec<QueryResult<Option<Published>>>,
     leased: Vec<Leased>,
 }

@@ -16,7 +16,9 @@ use crate::clock::{SharedClock, to_db};
 use crate::db::deliveries::{self, AttemptOutcome, AttemptUpdate, Leased, Verdict};
 use crate::db::models::{AttemptRow, EventRow, SubscriptionRow};
 use crate::domain::SigningSecret;
+use crate::metrics::Metrics;
 use crate::secret_box::SecretBox;
+use crate::trace::TraceParent;
 
 /// Everything an attempt needs besides the delivery itself.
 #[derive(Debug, Clone)]
@@ -27,6 +29,7 @@ pub struct Attempter {
     pub retry: RetryPolicy,
     pub clock: SharedClock,
     pub endpoints: Arc<Endpoints>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What attempts need of a subscription, derived once per version of it
@@ -102,7 +105,8 @@ impl Attempter {
     pub async fn attempt(&self, delivery: &Leased) -> AttemptOutcome {
         let (event, subscription) = (&*delivery.event, &*delivery.subscription);
         let started = self.clock.now_utc();
-        let reply = match self.prepare(event, subscription, started) {
+        let trace = event.traceparent.as_deref().and_then(TraceParent::parse);
+        let reply = match self.prepare(event, subscription, started, trace) {
             Ok((url, headers, body)) => self.client.post(&url, headers, body).await,
             Err(error) => Reply {
                 error: Some(format!("config: {error:#}")),
@@ -132,6 +136,7 @@ impl Attempter {
             last_error: reply.error.as_deref().map(storable),
             delivered_at: (outcome == Outcome::Delivered).then(|| to_db(finished)),
         };
+        self.count(delivery, &update, &reply, finished);
         if outcome == Outcome::Delivered {
             tracing::debug!(
                 delivery = delivery.delivery_id,
@@ -151,6 +156,7 @@ impl Attempter {
                 error = reply.error,
                 outcome = ?outcome,
                 next = update.status,
+                trace_id = trace.map(|t| t.trace_id_hex()),
                 "webhook attempt failed"
             );
         }
@@ -176,12 +182,35 @@ impl Attempter {
         }
     }
 
+    fn count(
+        &self,
+        delivery: &Leased,
+        update: &AttemptUpdate,
+        reply: &Reply,
+        finished: OffsetDateTime,
+    ) {
+        let metrics = &self.metrics;
+        metrics
+            .attempt_duration
+            .observe(reply.elapsed.as_secs_f64());
+        metrics.attempt(match update.status {
+            deliveries::DELIVERED => "delivered",
+            deliveries::PENDING => "retry",
+            _ => "failed",
+        });
+        if update.status == deliveries::DELIVERED && !delivery.delivered_before {
+            let delay = finished - delivery.event.created_at.assume_utc();
+            metrics.end_to_end.observe(delay.as_seconds_f64().max(0.0));
+        }
+    }
+
     /// The request for one attempt: URL, signed headers, body.
     fn prepare(
         &self,
         event: &EventRow,
         subscription: &SubscriptionRow,
         now: OffsetDateTime,
+        trace: Option<TraceParent>,
     ) -> anyhow::Result<(Url, HeaderMap, Vec<u8>)> {
         let endpoint = self.endpoints.get(subscription, &self.secrets)?;
         let mut secrets = vec![&endpoint.secret];
@@ -207,6 +236,13 @@ impl Attempter {
             HeaderName::from_static("webhook-signature"),
             HeaderValue::from_str(&signature)?,
         );
+        if let Some(trace) = trace {
+            // Each attempt is a span of the event's trace.
+            headers.insert(
+                HeaderName::from_static("traceparent"),
+                HeaderValue::from_str(&trace.child().to_string())?,
+            );
+        }
         Ok((endpoint.url.clone(), headers, body))
     }
 }

@@ -679,7 +679,9 @@ mod tests {
                 sequence: 1,
                 created_at: at,
                 feed_position: Some(1),
+                traceparent: None,
             }),
+            delivered_before: false,
             subscription: subscription.clone(),
         }
     }

@@ -74,6 +74,7 @@ mod tests {
             sequence: 3,
             created_at: time::macros::datetime!(2026-11-28 10:00:00),
             feed_position: Some(7),
+            traceparent: None,
         };
         let body: serde_json::Value =
             serde_json::from_slice(&ThinEvent::new(&event, "https://gw.example").to_json())

@@ -21,6 +21,7 @@ use crate::db::models::{CommentRow, MessageRow};
 use crate::db::outbox::{Publication, Resource};
 use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
+use crate::trace::TraceParent;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/messages", "POST").route(protected(web::post().to(create_message))))
@@ -127,6 +128,7 @@ async fn create_message(
     caller: Caller<MessagesWrite>,
     state: web::Data<AppState>,
     body: web::Json<CreateMessage>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     if body.new_comment_webhook.is_some() {
@@ -170,6 +172,7 @@ async fn create_message(
                 subscription: subscription.as_ref().map(|s| Box::new(s.row.clone())),
             },
             resource_path,
+            traceparent: Some(TraceParent::of_request(&req).to_string()),
         })
         .await?;
     Ok(HttpResponse::Created()
@@ -224,6 +227,7 @@ async fn create_comment(
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
     body: web::Json<CreateComment>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let message_id = path.into_inner().message_id;
     let text = parse_text("text", body.into_inner().text)?;
@@ -244,6 +248,7 @@ async fn create_comment(
         .publish(Publication {
             resource: Resource::Comment(row.clone()),
             resource_path,
+            traceparent: Some(TraceParent::of_request(&req).to_string()),
         })
         .await?
         .ok_or_else(|| ApiError::not_found("message", &message_id))?;

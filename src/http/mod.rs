@@ -5,6 +5,7 @@ pub mod events;
 pub mod health;
 pub mod limits;
 pub mod messages;
+pub mod metrics;
 pub mod oauth;
 pub mod pagination;
 pub mod request_id;
@@ -82,9 +83,16 @@ impl Links {
     }
 }
 
-/// Registers the routes and the extractor error handlers.
-pub fn configure(max_body_bytes: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+/// Registers the routes and the extractor error handlers; `/metrics` too
+/// when `with_metrics`.
+pub fn configure(
+    max_body_bytes: usize,
+    with_metrics: bool,
+) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
+        if with_metrics {
+            metrics::routes(cfg);
+        }
         cfg.app_data(BodyLimit(max_body_bytes))
             .app_data(
                 web::JsonConfig::default()

@@ -17,6 +17,7 @@ use crate::auth::{self, Authenticator, Scopes};
 use crate::db::models::ClientRow;
 use crate::domain::ClientId;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::rate_limit::Decision;
 
 /// The longest a token request waits for a free secret checker.
@@ -32,7 +33,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum OAuthError {
+pub enum OAuthError {
     #[error("{0}")]
     InvalidRequest(&'static str),
     /// The body is over `max_body_bytes`: an `invalid_request` with 413.
@@ -56,7 +57,7 @@ enum OAuthError {
 }
 
 impl OAuthError {
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) | Self::TooLarge { .. } => "invalid_request",
             Self::InvalidClient { .. } => "invalid_client",
@@ -206,6 +207,20 @@ async fn read_body(req: &HttpRequest, body: web::Payload) -> Result<web::Bytes, 
 }
 
 async fn token(
+    req: HttpRequest,
+    body: web::Payload,
+    authenticator: web::Data<Authenticator>,
+    metrics: web::Data<Metrics>,
+) -> Result<HttpResponse, OAuthError> {
+    let result = issue_token(req, body, authenticator).await;
+    metrics.token(match &result {
+        Ok(_) => "issued",
+        Err(error) => error.code(),
+    });
+    result
+}
+
+async fn issue_token(
     req: HttpRequest,
     body: web::Payload,
     authenticator: web::Data<Authenticator>,

@@ -20,6 +20,7 @@ const PUBLIC_ROUTES: &[&str] = &[
     "/.well-known/jwks.json",
     "/.well-known/oauth-authorization-server",
     "/openapi.yaml",
+    "/metrics",
 ];
 
 /// A well-formed EdDSA at+jwt naming a key the server does not have. Its

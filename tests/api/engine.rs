@@ -78,6 +78,7 @@ fn comment_on(app: &TestApp, message_id: &str, comment_id: &str) -> Publication 
             author_client_id: None,
         }),
         resource_path: format!("/messages/{message_id}/comments/{comment_id}"),
+        traceparent: None,
     }
 }
 

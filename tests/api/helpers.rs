@@ -130,6 +130,8 @@ pub struct TestApp {
     pub authenticator: Option<actix_web::web::Data<thinhook::auth::Authenticator>>,
     /// Answers name lookups for the server; tests set what names resolve to.
     pub resolver: Arc<TestResolver>,
+    /// `http://…` of `/metrics` when `metrics.listen` gave it its own address.
+    pub metrics_address: Option<String>,
     _database: TestDatabase,
 }
 
@@ -236,6 +238,7 @@ pub async fn spawn_app_with(
         .expect("application builds");
     let address = format!("http://{}", app.address().expect("the API listens"));
     let (dispatcher, writer, authenticator) = (app.dispatcher(), app.writer(), app.authenticator());
+    let metrics_address = app.metrics_address().map(|a| format!("http://{a}"));
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let db = Database::connect(&settings.database).expect("test pool connects");
     let mut app = TestApp {
@@ -253,6 +256,7 @@ pub async fn spawn_app_with(
         writer,
         authenticator,
         resolver,
+        metrics_address,
         _database: database,
     };
     app.user = app.register_client("test user", Scopes::all()).await;

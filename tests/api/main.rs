@@ -24,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod listen;
 mod messages;
+mod observability;
 mod races;
 mod receiver;
 mod spec;

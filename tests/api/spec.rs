@@ -18,6 +18,7 @@ pub(crate) const SERVER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/openapi.yaml"),
+    ("GET", "/metrics"),
     ("POST", "/messages"),
     ("GET", "/messages/{messageId}"),
     ("POST", "/messages/{messageId}/comments"),

@@ -17,7 +17,7 @@ fn id(value: &Value) -> String {
 }
 
 /// Registers a subscription; returns (id, secret).
-async fn subscribe(
+pub async fn subscribe(
     app: &TestApp,
     url: &str,
     types: &[&str],
