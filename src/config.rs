@@ -43,6 +43,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub tracing: TracingSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +150,16 @@ pub struct SecretsSettings {
     pub key_file: String,
 }
 
+/// Export of spans to an OpenTelemetry collector (the `otlp` build feature).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSettings {
+    /// OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`; empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
 /// Prometheus metrics at `GET /metrics`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -213,6 +224,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             log: LogSettings::default(),
             metrics: MetricsSettings::default(),
+            tracing: TracingSettings::default(),
         }
     }
 }
@@ -294,6 +306,15 @@ impl Default for LimitSettings {
             concurrent_secret_checks: 0,
             max_subscriptions_per_client: 100,
             max_subscriptions_per_event: 1000,
+        }
+    }
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "thinhook".into(),
         }
     }
 }
@@ -383,6 +404,8 @@ impl Settings {
         self.metrics
             .address()
             .map_err(|reason| ("metrics.listen", reason))?;
+        validate_otlp_endpoint(&self.tracing.otlp_endpoint)
+            .map_err(|reason| ("tracing.otlp_endpoint", reason))?;
         if self.max_body_bytes < 1024 {
             return Err(("max_body_bytes", "must be at least 1024".into()));
         }
@@ -486,6 +509,25 @@ impl Settings {
             .parse::<Targets>()
             .map_err(|e| ("log.level", e.to_string()))?;
         Ok(())
+    }
+}
+
+fn validate_otlp_endpoint(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    if !cfg!(feature = "otlp") {
+        return Err(
+            "this thinhook was built without OTLP export: build it with \
+                    `--features otlp`, or leave the setting empty"
+                .into(),
+        );
+    }
+    match url::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(()),
+        _ => Err(format!(
+            "`{value}` is not an http(s) URL such as http://127.0.0.1:4318/v1/traces"
+        )),
     }
 }
 
@@ -871,6 +913,24 @@ mod tests {
         assert_eq!(settings.delivery.retry_schedule_secs, [0, 1, 2]);
         let err = load_err(None, &[("THINHOOK_DELIVERY_ALLOW_CIDRS", "10.0.0.0/99")]);
         assert!(err.contains("`delivery.allow_cidrs`"), "{err}");
+    }
+
+    #[test]
+    fn an_otlp_endpoint_needs_the_otlp_build_and_an_http_url() {
+        let set = |url: &str| Settings::load(None, env(&[("THINHOOK_TRACING_OTLP_ENDPOINT", url)]));
+        let endpoint = "http://127.0.0.1:4318/v1/traces";
+        if cfg!(feature = "otlp") {
+            assert_eq!(set(endpoint).unwrap().tracing.otlp_endpoint, endpoint);
+            let err = load_err(
+                None,
+                &[("THINHOOK_TRACING_OTLP_ENDPOINT", "collector:4318")],
+            );
+            assert!(err.contains("not an http(s) URL"), "{err}");
+        } else {
+            let err = load_err(None, &[("THINHOOK_TRACING_OTLP_ENDPOINT", endpoint)]);
+            assert!(err.contains("`tracing.otlp_endpoint`"), "{err}");
+            assert!(err.contains("--features otlp"), "{err}");
+        }
     }
 
     #[test]

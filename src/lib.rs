@@ -47,6 +47,8 @@ pub mod error;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod rate_limit;
 pub mod retention;
 pub mod secret_box;

@@ -20,10 +20,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = telemetry::init(&settings.log) {
-        eprintln!("thinhook: cannot start logging: {error}");
-        return ExitCode::from(2);
-    }
+    let telemetry = match telemetry::init(&settings.log, &settings.tracing) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("thinhook: cannot start logging: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
     // A server's failure belongs in its log (JSON when configured); a
     // command's in one plain line. Never both.
     let serving = matches!(cli.command, cli::Command::Serve { .. });
-    match runtime.block_on(cli::run(cli.command, settings)) {
+    let code = match runtime.block_on(cli::run(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if serving => {
             tracing::error!(error = format!("{error:#}"), "thinhook failed");
@@ -47,5 +50,7 @@ fn main() -> ExitCode {
             eprintln!("thinhook: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

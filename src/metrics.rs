@@ -164,9 +164,9 @@ impl Metrics {
         );
         registry.register(
             "rate_limited",
-            "Requests refused by a limit, by limit: api (per client), token_address and \
-             token_client (the token endpoint), secret_checks (concurrent secret checks), \
-             writer (the writer's queue is full)",
+            "Requests refused by a limit, by limit: api (per client), token (token requests \
+             per address or client), secret_checks (concurrent secret checks), writer (the \
+             writer's queue is full)",
             metrics.rate_limited.clone(),
         );
         registry.register(

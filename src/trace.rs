@@ -5,6 +5,7 @@
 use std::fmt;
 
 use actix_web::HttpRequest;
+use actix_web::http::header::HeaderMap;
 
 /// The `traceparent` header: `00-{trace id}-{parent id}-{flags}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +20,21 @@ impl TraceParent {
     /// invalid one (the specification says to restart the trace, not to
     /// refuse the request).
     pub fn of_request(req: &HttpRequest) -> Self {
-        req.headers()
+        // Exported, the request's own span is the parent (it continues the
+        // caller's trace: see the request id middleware).
+        #[cfg(feature = "otlp")]
+        if let Some(own) = crate::otlp::context_of(&tracing::Span::current()) {
+            return own;
+        }
+        Self::of_headers(req.headers()).unwrap_or_else(Self::new_trace)
+    }
+
+    /// The valid `traceparent` among `headers`, if any.
+    pub fn of_headers(headers: &HeaderMap) -> Option<Self> {
+        headers
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .and_then(Self::parse)
-            .unwrap_or_else(Self::new_trace)
     }
 
     /// A `traceparent` value per the W3C recommendation: version `00`

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use time::{OffsetDateTime, PrimitiveDateTime};
+use tracing::Instrument;
 use url::Url;
 
 use super::client::{Reply, WebhookClient};
@@ -106,8 +107,11 @@ impl Attempter {
         let (event, subscription) = (&*delivery.event, &*delivery.subscription);
         let started = self.clock.now_utc();
         let trace = event.traceparent.as_deref().and_then(TraceParent::parse);
-        let reply = match self.prepare(event, subscription, started, trace) {
-            Ok((url, headers, body)) => self.client.post(&url, headers, body).await,
+        let (span, sent_trace) = attempt_span(delivery, trace);
+        let reply = match self.prepare(event, subscription, started, sent_trace) {
+            Ok((url, headers, body)) => {
+                self.client.post(&url, headers, body).instrument(span).await
+            }
             Err(error) => Reply {
                 error: Some(format!("config: {error:#}")),
                 ..Reply::default()
@@ -237,14 +241,39 @@ impl Attempter {
             HeaderValue::from_str(&signature)?,
         );
         if let Some(trace) = trace {
-            // Each attempt is a span of the event's trace.
             headers.insert(
                 HeaderName::from_static("traceparent"),
-                HeaderValue::from_str(&trace.child().to_string())?,
+                HeaderValue::from_str(&trace.to_string())?,
             );
         }
         Ok((endpoint.url.clone(), headers, body))
     }
+}
+
+/// Each attempt is a span of its event's trace: when spans are exported,
+/// one that is exported (and named by the `traceparent` sent); otherwise a
+/// span id of its own, with no span to record.
+fn attempt_span(
+    delivery: &Leased,
+    trace: Option<TraceParent>,
+) -> (tracing::Span, Option<TraceParent>) {
+    #[cfg(feature = "otlp")]
+    if crate::otlp::exporting() {
+        let span = tracing::info_span!(
+            "webhook attempt",
+            delivery = delivery.delivery_id,
+            subscription = delivery.subscription.id,
+            event = delivery.event.id,
+            attempt = delivery.attempts + 1,
+        );
+        if let Some(parent) = &trace {
+            crate::otlp::continue_trace(&span, parent);
+        }
+        let own = crate::otlp::context_of(&span);
+        return (span, own.or(trace.map(|t| t.child())));
+    }
+    let _ = delivery;
+    (tracing::Span::none(), trace.map(|t| t.child()))
 }
 
 /// The longest text kept from a receiver's answer (an excerpt, an error).

@@ -37,6 +37,12 @@ pub async fn middleware(
         method = %req.method(),
         path = %req.path(),
     );
+    #[cfg(feature = "otlp")]
+    if crate::otlp::exporting()
+        && let Some(parent) = crate::trace::TraceParent::of_headers(req.headers())
+    {
+        crate::otlp::continue_trace(&span, &parent);
+    }
     let started = Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();

@@ -25,6 +25,8 @@ mod limits;
 mod listen;
 mod messages;
 mod observability;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod races;
 mod receiver;
 mod spec;
