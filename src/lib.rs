@@ -44,6 +44,7 @@ pub mod db;
 pub mod delivery;
 pub mod domain;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod listen;
 pub mod metrics;
