@@ -35,14 +35,14 @@ type Labels = [(&'static str, &'static str); 1];
 pub struct RequestLabels {
     /// The route's pattern (`/messages/{id}`), never the raw path, so the
     /// number of series stays bounded.
-    pub route: String,
+    pub route: &'static str,
     pub method: &'static str,
     pub status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
+    pub route: &'static str,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;

@@ -113,15 +113,45 @@ fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
+/// Random ids from a per-thread generator seeded by the operating system
+/// once: every event and attempt needs one, and a system call each would
+/// cost more than the rest of the id's handling. Ids need to be unique and
+/// unpredictable enough for sampling, not secret.
 fn random_nonzero<const N: usize>() -> [u8; N] {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut seed = [0; 8];
+            getrandom::fill(&mut seed).expect("the operating system's random source works");
+            u64::from_le_bytes(seed)
+        });
+    }
     let mut bytes = [0; N];
     while bytes == [0; N] {
-        getrandom::fill(&mut bytes).expect("the operating system's random source works");
+        for chunk in bytes.chunks_mut(8) {
+            let word = STATE.with(|state| splitmix64(state)).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
     }
     bytes
+}
+
+/// SplitMix64: a full-period generator whose outputs pass statistical tests.
+fn splitmix64(state: &std::cell::Cell<u64>) -> u64 {
+    let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+    state.set(next);
+    let mut z = next;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

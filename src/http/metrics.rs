@@ -11,7 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpResponse, web};
 
 use super::oauth::OAuthError;
-use super::resource;
+use super::{RoutePattern, resource};
 use crate::clock::SharedClock;
 use crate::db::{Database, DbError};
 use crate::error::ApiError;
@@ -44,16 +44,26 @@ pub async fn middleware(
     let Some(metrics) = req.app_data::<web::Data<Metrics>>().cloned() else {
         return next.call(req).await;
     };
-    // The pattern, not the path: ids would make a series per resource.
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
     let method = method_label(req.method());
     let started = Instant::now();
     let result = next.call(req).await;
-    let (status, error) = match &result {
-        Ok(response) => (response.status(), response.response().error()),
-        Err(error) => (error.as_response_error().status_code(), Some(error)),
+    // The pattern, not the path: ids would make a series per resource.
+    // (Handlers and middleware answer errors as responses; an `Err` that
+    // reaches here has lost its request, and with it its route.)
+    let (route, status, error) = match &result {
+        Ok(response) => (
+            response
+                .request()
+                .app_data::<RoutePattern>()
+                .map_or("unmatched", |pattern| pattern.0),
+            response.status(),
+            response.response().error(),
+        ),
+        Err(error) => (
+            "unknown",
+            error.as_response_error().status_code(),
+            Some(error),
+        ),
     };
     if let Some(limit) = error.and_then(refused_by) {
         metrics.rate_limited(limit);
@@ -61,7 +71,7 @@ pub async fn middleware(
     metrics
         .http_requests
         .get_or_create(&RequestLabels {
-            route: route.clone(),
+            route,
             method,
             status: status.as_u16(),
         })

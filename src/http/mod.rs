@@ -112,14 +112,21 @@ pub fn configure(
 
 /// A resource whose unsupported methods get a 405 problem document.
 /// `allow` lists the methods routed (the `Allow` header of a 405).
-pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
-        ApiError::MethodNotAllowed {
-            method: req.method().to_string(),
-            allow,
-        }
-    }))
+pub fn resource(path: &'static str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path)
+        .app_data(RoutePattern(path))
+        .default_service(web::to(move |req: HttpRequest| async move {
+            ApiError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allow,
+            }
+        }))
 }
+
+/// The pattern of the resource a request was routed to, for the metrics:
+/// kept with the resource, so nothing is matched again to find it.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePattern(pub &'static str);
 
 /// A route whose handler takes a [`Caller`](crate::auth::Caller): its bearer
 /// token is checked before any of the handler's extractors start, so a
