@@ -137,7 +137,7 @@ fn random_nonzero<const N: usize>() -> [u8; N] {
     let mut bytes = [0; N];
     while bytes == [0; N] {
         for chunk in bytes.chunks_mut(8) {
-            let word = STATE.with(|state| splitmix64(state)).to_le_bytes();
+            let word = STATE.with(splitmix64).to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }
