@@ -623,10 +623,11 @@ mod cross_process {
     use super::*;
 
     #[tokio::test]
+    #[cfg_attr(
+        not(postgres_tests),
+        ignore = "set TEST_POSTGRES_URL to run the PostgreSQL tests"
+    )]
     async fn a_worker_is_woken_by_notify_from_the_api_process() {
-        if !crate::helpers::postgres_enabled() {
-            return;
-        }
         let app = spawn_app(crate::helpers::Backend::Postgres).await;
         let receiver = Receiver::start().await;
         let message = id(&app.create_message("m").await);
@@ -684,10 +685,12 @@ mod shutdown {
     }
 
     #[tokio::test]
+    #[cfg_attr(
+        not(postgres_tests),
+        ignore = "set TEST_POSTGRES_URL to run the PostgreSQL tests"
+    )]
     async fn postgres() {
-        if crate::helpers::postgres_enabled() {
-            releases_the_leases_it_cannot_finish(crate::helpers::Backend::Postgres).await;
-        }
+        releases_the_leases_it_cannot_finish(crate::helpers::Backend::Postgres).await;
     }
 }
 
