@@ -12,12 +12,12 @@ use thinhook::startup::Role;
 use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with};
 use crate::receiver::{Received, Receiver, Reply};
 
-fn id(value: &Value) -> String {
+pub fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
 }
 
 /// Registers a subscription; returns (id, secret).
-async fn subscribe(
+pub async fn subscribe(
     app: &TestApp,
     url: &str,
     types: &[&str],
@@ -55,7 +55,7 @@ fn signed_with(received: &Received, secret: &str) -> bool {
         .any(|s| s == expected)
 }
 
-async fn deliveries_of(app: &TestApp, subscription: &str) -> Vec<Value> {
+pub async fn deliveries_of(app: &TestApp, subscription: &str) -> Vec<Value> {
     let page: Value = app
         .get(&format!("/subscriptions/{subscription}/deliveries"))
         .await
