@@ -10,6 +10,10 @@ use crate::config::Settings;
 use crate::db::{self, Database};
 use crate::startup::{Application, Role, shutdown_signal};
 
+mod deliveries;
+
+pub use deliveries::DeliveriesCommand;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "thinhook",
@@ -27,13 +31,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway (applies pending migrations first).
+    /// Run the gateway (creates a missing SQLite file and applies pending
+    /// migrations first).
     Serve {
         /// `all`: API and dispatcher; `api`: HTTP only; `worker`: deliveries only.
         #[arg(long, value_enum, default_value = "all")]
         role: Role,
     },
-    /// Apply pending database migrations and exit.
+    /// Create the database's tables (a missing SQLite file too) or apply
+    /// pending migrations, then exit.
+    ///
+    /// Every command but `serve` needs this done, or `serve` started, first.
     Migrate,
     /// Manage API clients (OAuth 2.0 client credentials).
     #[command(subcommand)]
@@ -41,6 +49,9 @@ pub enum Command {
     /// Manage the keys that sign access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Inspect and resend webhook deliveries, across every client.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
     /// Receive webhooks locally: verify, fetch the resource, print, forward.
     Listen(crate::listen::ListenArgs),
     /// Measure a gateway: start it, load it, receive its webhooks, report.
@@ -54,6 +65,7 @@ pub enum Command {
 pub enum ClientsCommand {
     /// Register a client; prints its id and secret (the secret only this once).
     Create {
+        /// A name to tell the client by in `clients list` (1 to 200 characters).
         #[arg(long)]
         name: String,
         /// Space-separated scopes the client may ask for.
@@ -66,7 +78,10 @@ pub enum ClientsCommand {
     /// List clients (never their secrets).
     List,
     /// Revoke a client: its tokens stop working at once.
-    Revoke { id: String },
+    Revoke {
+        /// The client's id (`cli_…`), as `clients list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +97,9 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve { role } => serve(settings, role).await,
         Command::Migrate => migrate(settings).await,
         Command::Clients(command) => with_database(settings, move |db| clients(db, command)).await,
+        Command::Deliveries(command) => {
+            with_database(settings, move |db| deliveries::run(db, command)).await
+        }
         Command::Listen(args) => crate::listen::run(args, shutdown_signal()).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Config => {
@@ -104,14 +122,17 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// Runs blocking database work for a command, after applying migrations.
+/// Runs blocking database work for a command on a database that `migrate`
+/// or `serve` has set up; never creates or migrates one. Says on stderr
+/// which database it is, so a command run with the wrong configuration
+/// (or in the wrong directory) is noticed.
 async fn with_database(
     settings: Settings,
     work: impl FnOnce(&Database) -> anyhow::Result<()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
-        let db = Database::connect(&settings.database)?;
-        db.migrate()?;
+        let db = Database::connect_existing(&settings.database)?;
+        eprintln!("database: {}", db.url().shown());
         work(&db)
     })
     .await?
@@ -226,7 +247,7 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     };
     tracing::info!(
         role = role_name,
-        database = redacted(&settings.database.url),
+        database = db::redacted(&settings.database.url),
         secrets_key = key,
         address = app.address().map(|a| a.to_string()),
         public_base_url = app.public_base_url(),
@@ -246,27 +267,17 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
 /// The settings as TOML, passwords and keys replaced by `***`.
 fn effective_config(settings: &Settings) -> anyhow::Result<String> {
     let mut shown = settings.clone();
-    shown.database.url = redacted(&shown.database.url);
+    shown.database.url = db::redacted(&shown.database.url);
     if !shown.secrets.encryption_key.is_empty() {
         shown.secrets.encryption_key = "***".into();
     }
     Ok(toml::to_string(&shown)?)
 }
 
-/// A database URL without its password.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let applied = tokio::task::spawn_blocking(move || {
         let db = Database::connect(&settings.database)?;
+        eprintln!("database: {}", db.url().shown());
         db.migrate()
     })
     .await??;
@@ -288,5 +299,39 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every argument of every subcommand, as `command path: --arg`, that
+    /// `--help` would show without a word of explanation.
+    fn arguments_without_help(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                found.push(format!("{path}: {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            arguments_without_help(sub, &format!("{path} {}", sub.get_name()), found);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut command = Cli::command();
+        // Builds the tree as parsing would: global arguments propagate to
+        // subcommands, and built-in ones are added.
+        command.build();
+        let mut found = Vec::new();
+        arguments_without_help(&command, "thinhook", &mut found);
+        assert!(found.is_empty(), "arguments without help: {found:#?}");
+    }
+
+    #[test]
+    fn the_help_check_sees_an_argument_without_help() {
+        let command = clap::Command::new("t")
+            .subcommand(clap::Command::new("sub").arg(clap::Arg::new("bare").long("bare")));
+        let mut found = Vec::new();
+        arguments_without_help(&command, "t", &mut found);
+        assert_eq!(found, ["t sub: bare"]);
     }
 }

@@ -59,6 +59,17 @@ pub fn to_db(time: OffsetDateTime) -> PrimitiveDateTime {
     PrimitiveDateTime::new(truncated.date(), truncated.time())
 }
 
+/// What a `since` must be, for error messages (the API's and the CLI's).
+pub const SINCE_FORMAT: &str = "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z";
+
+/// A `since` filter (`GET /deliveries`, replays, `thinhook deliveries`):
+/// an RFC 3339 time, as the database stores it.
+pub fn parse_since(since: &str) -> Option<PrimitiveDateTime> {
+    OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(to_db)
+}
+
 /// Now, as the database stores it.
 pub fn db_now(clock: &dyn Clock) -> PrimitiveDateTime {
     to_db(clock.now_utc())

@@ -3,6 +3,7 @@
 //! (as a real receiver would), prints both, and can forward the original
 //! request to the developer's own endpoint.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,22 +20,73 @@ use crate::domain::SigningSecret;
 /// Notifications older or newer than this are refused (replay protection).
 const TOLERANCE_SECS: i64 = 5 * 60;
 
+/// The environment variables `listen` reads its secrets and client id from.
+/// They are the command's, not settings: [`crate::config`] must not take
+/// them for misspelt `THINHOOK_*` settings.
+pub const ENV_VARS: [&str; 3] = [WEBHOOK_SECRET_VAR, CLIENT_ID_VAR, CLIENT_SECRET_VAR];
+const WEBHOOK_SECRET_VAR: &str = "THINHOOK_LISTEN_WEBHOOK_SECRET";
+const CLIENT_ID_VAR: &str = "THINHOOK_LISTEN_CLIENT_ID";
+const CLIENT_SECRET_VAR: &str = "THINHOOK_LISTEN_CLIENT_SECRET";
+
+/// Secrets come from the environment or a file, so that they stay out of
+/// `ps` and shell history; the flags that take them inline remain for a
+/// quick try.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListenArgs {
     /// Port to listen on (127.0.0.1).
     #[arg(long, default_value_t = 9000)]
     pub port: u16,
-    /// The subscription's signing secret (`whsec_…`).
-    #[arg(long)]
-    pub secret: String,
-    /// Client credentials used to fetch the linked resources.
-    #[arg(long)]
+    /// The subscription's signing secret (`whsec_…`). On the command line
+    /// every user of the machine can read it in `ps`: prefer the environment
+    /// variable or --secret-file.
+    #[arg(
+        long,
+        env = WEBHOOK_SECRET_VAR,
+        hide_env_values = true,
+        value_name = "WHSEC",
+        required_unless_present = "secret_file"
+    )]
+    pub secret: Option<String>,
+    /// A file holding the subscription's signing secret (surrounding
+    /// white space is ignored); it wins over --secret and the environment.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// The id of the client (`cli_…`) whose token fetches the linked resources.
+    #[arg(long, env = CLIENT_ID_VAR, value_name = "ID")]
     pub client_id: String,
-    #[arg(long)]
-    pub client_secret: String,
+    /// That client's secret (`thcs_…`). On the command line every user of
+    /// the machine can read it in `ps`: prefer the environment variable or
+    /// --client-secret-file.
+    #[arg(
+        long,
+        env = CLIENT_SECRET_VAR,
+        hide_env_values = true,
+        value_name = "SECRET",
+        required_unless_present = "client_secret_file"
+    )]
+    pub client_secret: Option<String>,
+    /// A file holding the client's secret (surrounding white space is
+    /// ignored); it wins over --client-secret and the environment.
+    #[arg(long, value_name = "PATH")]
+    pub client_secret_file: Option<PathBuf>,
     /// Also send each verified request, unchanged, to this URL.
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub forward: Option<String>,
+}
+
+/// A secret given in a file or inline (flag or environment). The file wins:
+/// it is always named on the command line, while an inline value may be a
+/// variable left in the environment.
+fn secret_from(inline: Option<String>, file: Option<&Path>, flag: &str) -> anyhow::Result<String> {
+    let secret = match (file, inline) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {flag}-file {}", path.display()))?,
+        (None, Some(secret)) => secret,
+        (None, None) => anyhow::bail!("{flag} or {flag}-file is required"),
+    };
+    let secret = secret.trim();
+    anyhow::ensure!(!secret.is_empty(), "{flag}: the secret is empty");
+    Ok(secret.to_owned())
 }
 
 struct Listener {
@@ -51,8 +103,14 @@ pub async fn run(
     args: ListenArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let webhook_secret = secret_from(args.secret, args.secret_file.as_deref(), "--secret")?;
+    let client_secret = secret_from(
+        args.client_secret,
+        args.client_secret_file.as_deref(),
+        "--client-secret",
+    )?;
     let listener = Arc::new(Listener {
-        secret: SigningSecret::parse(&args.secret).context("--secret")?,
+        secret: SigningSecret::parse(&webhook_secret).context("--secret")?,
         forward: args
             .forward
             .as_deref()
@@ -60,7 +118,7 @@ pub async fn run(
             .transpose()
             .context("--forward")?,
         client_id: args.client_id,
-        client_secret: args.client_secret,
+        client_secret,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()?,
@@ -219,6 +277,35 @@ mod tests {
     use actix_web::test::TestRequest;
 
     use super::*;
+
+    #[test]
+    fn a_secret_comes_inline_or_from_a_file_trimmed_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "whsec_abc\n").unwrap();
+        assert_eq!(
+            secret_from(Some("inline".into()), None, "--secret").unwrap(),
+            "inline"
+        );
+        assert_eq!(
+            secret_from(None, Some(&file), "--secret").unwrap(),
+            "whsec_abc"
+        );
+        assert_eq!(
+            secret_from(Some("from the environment".into()), Some(&file), "--secret").unwrap(),
+            "whsec_abc"
+        );
+        std::fs::write(&file, " \n").unwrap();
+        let empty = secret_from(None, Some(&file), "--secret").unwrap_err();
+        assert!(empty.to_string().contains("empty"), "{empty}");
+        let missing = secret_from(None, Some(&dir.path().join("nope")), "--client-secret")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("--client-secret-file") && missing.contains("nope"),
+            "{missing}"
+        );
+    }
 
     #[test]
     fn only_a_fresh_request_signed_with_the_secret_is_accepted() {

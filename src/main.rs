@@ -10,9 +10,11 @@ use thinhook::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Variables that are not valid UTF-8 cannot be settings; skip them.
+    // Variables that are not valid UTF-8 cannot be settings; skip them, and
+    // those `listen` reads itself (its secrets), which are no settings either.
     let env = std::env::vars_os()
-        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| !thinhook::listen::ENV_VARS.contains(&name.as_str()));
     let settings = match Settings::load(cli.config.as_deref(), env) {
         Ok(settings) => settings,
         Err(error) => {

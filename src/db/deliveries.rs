@@ -167,14 +167,26 @@ pub fn find_owned(
     id: &str,
     owner: &str,
 ) -> QueryResult<Option<(DeliveryRow, EventRow)>> {
-    deliveries::table
+    find(conn, id, Some(owner))
+}
+
+/// A delivery with its event, whoever owns it unless `owner` is given
+/// (the operator's command line sees every client's).
+pub fn find(
+    conn: &mut DbConnection,
+    id: &str,
+    owner: Option<&str>,
+) -> QueryResult<Option<(DeliveryRow, EventRow)>> {
+    let mut query = deliveries::table
         .inner_join(events::table)
         .inner_join(subscriptions::table)
         .filter(deliveries::id.eq(id))
-        .filter(subscriptions::owner_client_id.eq(owner))
         .select((DeliveryRow::as_select(), EventRow::as_select()))
-        .first(conn)
-        .optional()
+        .into_boxed();
+    if let Some(owner) = owner {
+        query = query.filter(subscriptions::owner_client_id.eq(owner));
+    }
+    query.first(conn).optional()
 }
 
 /// Whose deliveries a list holds.
@@ -184,6 +196,8 @@ pub enum DeliveriesOf {
     Subscription(String),
     /// Every subscription's of a client.
     Owner(String),
+    /// Everyone's: for the operator.
+    All,
 }
 
 /// Deliveries with their events, oldest first: of `of`, optionally only
@@ -206,6 +220,7 @@ pub fn list(
     query = match of {
         DeliveriesOf::Subscription(id) => query.filter(deliveries::subscription_id.eq(id)),
         DeliveriesOf::Owner(owner) => query.filter(subscriptions::owner_client_id.eq(owner)),
+        DeliveriesOf::All => query,
     };
     if let Some(status) = status {
         query = query.filter(deliveries::status.eq(status));
@@ -218,6 +233,9 @@ pub fn list(
     }
     query.load(conn)
 }
+
+/// Deliveries one replay queues at most; call again for the rest.
+pub const REPLAY_LIMIT: i64 = 1000;
 
 /// Makes due now, at most `limit`, the finished deliveries of
 /// `subscription` created since `since` whose status is one of `statuses`
@@ -253,6 +271,21 @@ pub fn attempts_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<A
         .filter(delivery_attempts::delivery_id.eq_any(ids))
         .order((delivery_attempts::delivery_id, delivery_attempts::number))
         .select(AttemptRow::as_select())
+        .load(conn)
+}
+
+/// When each of the deliveries `ids` that has an attempt was last attempted.
+pub fn last_attempted(
+    conn: &mut DbConnection,
+    ids: &[String],
+) -> QueryResult<Vec<(String, Option<PrimitiveDateTime>)>> {
+    delivery_attempts::table
+        .filter(delivery_attempts::delivery_id.eq_any(ids))
+        .group_by(delivery_attempts::delivery_id)
+        .select((
+            delivery_attempts::delivery_id,
+            diesel::dsl::max(delivery_attempts::started_at),
+        ))
         .load(conn)
 }
 

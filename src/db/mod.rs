@@ -51,7 +51,7 @@ pub mod signing_keys;
 pub mod subscriptions;
 pub mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -160,6 +160,293 @@ impl DatabaseUrl {
             Self::Postgres(_) => Backend::Postgres,
         }
     }
+
+    /// Which database this is, for a person, without a password: "the
+    /// database at /abs/path" or "database `name` on host:port".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("the database at {}", absolute(path).display()),
+            Self::Postgres(url) => {
+                let target = PostgresTarget::parse(url);
+                format!("database `{}` on {}", target.dbname, target.place())
+            }
+        }
+    }
+
+    /// The URL to show a person: an absolute SQLite path, a PostgreSQL URL
+    /// with its password (in the user part or as a parameter) replaced by `***`.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", absolute(path).display()),
+            Self::Postgres(url) => redacted(url),
+        }
+    }
+}
+
+/// A URL without its password, in the user part or as a `password`
+/// parameter (libpq takes both). A URL the parser refuses (a bad port, say)
+/// is cut as text: what stands between `user:` and the last `@`, and what
+/// follows `password=`, becomes `***`.
+pub fn redacted(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        let mut shown = match url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                _ => url.to_owned(),
+            },
+            None => url.to_owned(),
+        };
+        if let Some(at) = shown.find("password=") {
+            shown.truncate(at + "password=".len());
+            shown.push_str("***");
+        }
+        return shown;
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query_pairs().any(|(key, _)| key == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "password" {
+                    "***".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+/// `path` from the root, for messages: a relative default such as
+/// `thinhook.sqlite3` says nothing about which directory it was looked for in.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// What every command but `serve` and `migrate` needs done before it runs.
+const SET_UP_FIRST: &str = "run `thinhook migrate` (or start `thinhook serve`) first";
+
+/// Where a PostgreSQL URL leads, as libpq reads it: the URL's parts, which
+/// its `host`, `port`, `user` and `dbname` parameters override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PostgresTarget {
+    /// A host name or address, or a socket directory; `None`: libpq's default socket.
+    host: Option<String>,
+    port: u16,
+    user: Option<String>,
+    dbname: String,
+}
+
+impl PostgresTarget {
+    fn parse(url: &str) -> Self {
+        let parsed = url::Url::parse(url).ok();
+        let param = |name: &str| {
+            parsed.as_ref().and_then(|u| {
+                u.query_pairs()
+                    .find(|(key, value)| key == name && !value.is_empty())
+                    .map(|(_, value)| value.into_owned())
+            })
+        };
+        let decode = |text: &str| {
+            url::form_urlencoded::parse(format!("x={text}").as_bytes())
+                .next()
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default()
+        };
+        let host = param("host").or_else(|| {
+            parsed.as_ref().and_then(|u| match u.host()? {
+                url::Host::Domain("") => None,
+                url::Host::Domain(name) => Some(decode(name)),
+                url::Host::Ipv4(ip) => Some(ip.to_string()),
+                url::Host::Ipv6(ip) => Some(ip.to_string()),
+            })
+        });
+        let port = param("port")
+            .and_then(|p| p.parse().ok())
+            .or_else(|| parsed.as_ref().and_then(url::Url::port))
+            .unwrap_or(5432);
+        let user = param("user").or_else(|| {
+            parsed
+                .as_ref()
+                .map(|u| decode(u.username()))
+                .filter(|name| !name.is_empty())
+        });
+        let dbname = param("dbname")
+            .or_else(|| {
+                parsed
+                    .as_ref()
+                    .map(|u| decode(u.path().trim_start_matches('/')))
+                    .filter(|name| !name.is_empty())
+            })
+            // libpq's default: the database named like the user.
+            .or_else(|| user.clone())
+            .unwrap_or_else(|| "postgres".into());
+        Self {
+            host,
+            port,
+            user,
+            dbname,
+        }
+    }
+
+    /// `host:port`, or the socket it means.
+    fn place(&self) -> String {
+        match self.host.as_deref() {
+            Some(dir) if dir.starts_with('/') => {
+                format!("the socket in {dir} (port {})", self.port)
+            }
+            Some(host) if host.contains(':') => format!("[{host}]:{}", self.port),
+            Some(host) => format!("{host}:{}", self.port),
+            None => format!("the local socket (port {})", self.port),
+        }
+    }
+
+    /// The `createdb` command that makes the missing database.
+    fn createdb(&self) -> String {
+        let mut command = String::from("createdb");
+        if let Some(host) = &self.host {
+            command.push_str(&format!(" -h {}", shell_word(host)));
+        }
+        command.push_str(&format!(" -p {}", self.port));
+        if let Some(user) = &self.user {
+            command.push_str(&format!(" -U {}", shell_word(user)));
+        }
+        command.push_str(&format!(" {}", shell_word(&self.dbname)));
+        command
+    }
+}
+
+/// `word` as one shell word.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:@".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// One line that says why a PostgreSQL connection failed, from libpq's
+/// message (several lines, e.g. `connection to server at "127.0.0.1", port
+/// 5432 failed: FATAL:  database "x" does not exist`), and what to do about
+/// the common cases. libpq reports a failed connection as text only (no
+/// SQLSTATE), so the text is what is matched.
+fn explain_postgres_failure(url: &str, message: &str) -> String {
+    let target = PostgresTarget::parse(url);
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let missing_database = message
+        .split_once("database \"")
+        .and_then(|(_, rest)| rest.split_once("\" does not exist"))
+        .map(|(name, _)| name.to_owned());
+    if let Some(name) = missing_database {
+        let create = PostgresTarget {
+            dbname: name.clone(),
+            ..target.clone()
+        };
+        return format!(
+            "database `{name}` does not exist on {}; create it with `{}`",
+            target.place(),
+            create.createdb()
+        );
+    }
+    if message.contains("Connection refused") {
+        return format!(
+            "cannot reach PostgreSQL at {}: connection refused (is the server running and accepting TCP/IP connections?)",
+            target.place()
+        );
+    }
+    format!(
+        "cannot connect to PostgreSQL at {}: {message}",
+        target.place()
+    )
+}
+
+/// Where a database's schema stands against this build's migrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SchemaState {
+    /// No migration was ever applied: not a thinhook database (yet).
+    NoTables,
+    /// Some of this build's migrations are not applied (names, oldest first).
+    Behind {
+        pending: Vec<String>,
+    },
+    Current,
+}
+
+/// Reads which migrations are applied without writing anything: diesel's
+/// own harness would first create its bookkeeping table.
+fn schema_state(conn: &mut DbConnection) -> anyhow::Result<SchemaState> {
+    use diesel::migration::MigrationSource;
+
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    /// (version, name) of every migration of `source`.
+    fn known<DB: diesel::backend::Backend>(
+        source: &EmbeddedMigrations,
+    ) -> anyhow::Result<Vec<(String, String)>>
+    where
+        EmbeddedMigrations: MigrationSource<DB>,
+    {
+        Ok(MigrationSource::<DB>::migrations(source)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .iter()
+            .map(|m| (m.name().version().to_string(), m.name().to_string()))
+            .collect())
+    }
+    // Every migration this build has, oldest first.
+    let mut known = match conn {
+        DbConnection::Sqlite(_) => known::<diesel::sqlite::Sqlite>(&SQLITE_MIGRATIONS)?,
+        DbConnection::Postgres(_) => known::<diesel::pg::Pg>(&POSTGRES_MIGRATIONS)?,
+    };
+    known.sort();
+    let load = |conn: &mut DbConnection, sql: &str| -> QueryResult<Vec<String>> {
+        let rows = match conn {
+            DbConnection::Sqlite(conn) => diesel::sql_query(sql).load::<Version>(conn)?,
+            DbConnection::Postgres(conn) => diesel::sql_query(sql).load::<Version>(conn)?,
+        };
+        Ok(rows.into_iter().map(|row| row.version).collect())
+    };
+    let bookkeeping = match conn {
+        DbConnection::Sqlite(_) => {
+            "SELECT name AS version FROM sqlite_master \
+             WHERE type = 'table' AND name = '__diesel_schema_migrations'"
+        }
+        DbConnection::Postgres(_) => {
+            "SELECT relname::text AS version FROM pg_catalog.pg_class \
+             WHERE oid = to_regclass('__diesel_schema_migrations')"
+        }
+    };
+    if load(conn, bookkeeping)?.is_empty() {
+        return Ok(SchemaState::NoTables);
+    }
+    let applied: std::collections::HashSet<String> =
+        load(conn, "SELECT version FROM __diesel_schema_migrations")?
+            .into_iter()
+            .collect();
+    if applied.is_empty() {
+        return Ok(SchemaState::NoTables);
+    }
+    let pending: Vec<String> = known
+        .into_iter()
+        .filter(|(version, _)| !applied.contains(version))
+        .map(|(_, name)| name)
+        .collect();
+    Ok(if pending.is_empty() {
+        SchemaState::Current
+    } else {
+        SchemaState::Behind { pending }
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +470,49 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
+    pub fn from_settings(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            url: DatabaseUrl::parse(&settings.url).context("invalid database URL")?,
+            sqlite_synchronous: settings.sqlite_synchronous,
+        })
+    }
+
+    /// One plain connection, without the pool's per-connection settings (a
+    /// probe must not switch somebody else's SQLite file to WAL), or why
+    /// there is none, in one line.
+    fn probe(&self) -> anyhow::Result<DbConnection> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
+                .map(DbConnection::Postgres)
+                .map_err(|error| {
+                    anyhow::anyhow!(explain_postgres_failure(url, &error.to_string()))
+                }),
+            DatabaseUrl::Sqlite(path) => {
+                let opened = path
+                    .to_str()
+                    .ok_or_else(|| anyhow::anyhow!("the path is not UTF-8"))
+                    .and_then(|path| Ok(SqliteConnection::establish(path)?))
+                    .and_then(|mut conn| {
+                        // Another process may hold the lock: wait as the pool does.
+                        conn.batch_execute("PRAGMA busy_timeout = 5000;")?;
+                        Ok(DbConnection::Sqlite(conn))
+                    });
+                opened.map_err(|error| {
+                    let shown = absolute(path);
+                    let missing_dir = shown
+                        .parent()
+                        .filter(|dir| !dir.exists())
+                        .map(|dir| format!(" (directory {} does not exist)", dir.display()))
+                        .unwrap_or_default();
+                    anyhow::anyhow!(
+                        "cannot open the SQLite database at {}: {error}{missing_dir}",
+                        shown.display()
+                    )
+                })
+            }
+        }
+    }
+
     /// Opens a connection with the per-connection settings of its backend.
     pub fn establish(&self) -> Result<DbConnection, diesel::r2d2::Error> {
         let mut connection = match &self.url {
@@ -295,14 +625,59 @@ impl DbError {
 }
 
 impl Database {
-    /// Builds the pool. Blocking: opens the first connections.
+    /// Builds the pool, creating a missing SQLite file: for `serve` and
+    /// `migrate`, which then apply the migrations. Blocking: opens the first
+    /// connections. One direct connection comes first, so a database that
+    /// cannot be reached fails at once, with the reason, instead of after
+    /// the pool's `acquire_timeout_secs`.
     pub fn connect(settings: &DatabaseSettings) -> anyhow::Result<Self> {
-        let url = DatabaseUrl::parse(&settings.url).context("invalid database URL")?;
-        let backend = url.backend();
-        let options = ConnectOptions {
-            url,
-            sqlite_synchronous: settings.sqlite_synchronous,
-        };
+        let options = ConnectOptions::from_settings(settings)?;
+        drop(options.probe()?);
+        Self::with_pool(settings, options)
+    }
+
+    /// Builds the pool on a database that `thinhook migrate` (or `serve`)
+    /// has set up, for the commands that only use one: it never creates a
+    /// file, a table or a migration record, and refuses a database without
+    /// thinhook's tables or with migrations pending.
+    pub fn connect_existing(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        let options = ConnectOptions::from_settings(settings)?;
+        if let DatabaseUrl::Sqlite(path) = &options.url {
+            let shown = absolute(path);
+            match path.try_exists() {
+                Ok(true) => {}
+                Ok(false) => anyhow::bail!("no database at {}: {SET_UP_FIRST}", shown.display()),
+                Err(error) => {
+                    anyhow::bail!("cannot look for a database at {}: {error}", shown.display())
+                }
+            }
+        }
+        let mut probe = options.probe()?;
+        let state = schema_state(&mut probe).with_context(|| {
+            format!(
+                "cannot read the migrations applied to {}",
+                options.url.describe()
+            )
+        })?;
+        drop(probe);
+        match state {
+            SchemaState::Current => Self::with_pool(settings, options),
+            SchemaState::NoTables => anyhow::bail!(
+                "{} has no thinhook tables: {SET_UP_FIRST}",
+                options.url.describe()
+            ),
+            SchemaState::Behind { pending } => anyhow::bail!(
+                "{} is {} migration{} behind this thinhook (next: {}): run `thinhook migrate` first",
+                options.url.describe(),
+                pending.len(),
+                if pending.len() == 1 { "" } else { "s" },
+                pending.first().map_or("?", String::as_str),
+            ),
+        }
+    }
+
+    fn with_pool(settings: &DatabaseSettings, options: ConnectOptions) -> anyhow::Result<Self> {
+        let backend = options.url.backend();
         let pool = Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(1))
@@ -313,7 +688,7 @@ impl Database {
             .build(Connector {
                 options: options.clone(),
             })
-            .with_context(|| format!("cannot connect to the {backend:?} database"))?;
+            .with_context(|| format!("cannot connect to {}", options.url.describe()))?;
         Ok(Self {
             pool,
             backend,
@@ -413,6 +788,109 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_postgres_database_is_named_with_the_command_that_creates_it() {
+        // libpq's message, as `psql` prints it too.
+        let message = "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  database \"thinhook\" does not exist\n";
+        assert_eq!(
+            explain_postgres_failure("postgres://ops:pw@127.0.0.1:5432/thinhook", message),
+            "database `thinhook` does not exist on 127.0.0.1:5432; create it with \
+             `createdb -h 127.0.0.1 -p 5432 -U ops thinhook`"
+        );
+        // No user in the URL: libpq's default user, so no -U.
+        assert_eq!(
+            explain_postgres_failure("postgres://db.internal/thinhook", message),
+            "database `thinhook` does not exist on db.internal:5432; create it with \
+             `createdb -h db.internal -p 5432 thinhook`"
+        );
+    }
+
+    #[test]
+    fn a_refused_or_other_postgres_failure_is_one_line_naming_the_server() {
+        let refused = "connection to server at \"127.0.0.1\", port 5439 failed: Connection refused\n\
+                       \tIs the server running on that host and accepting TCP/IP connections?\n";
+        assert_eq!(
+            explain_postgres_failure("postgres://postgres@127.0.0.1:5439/x", refused),
+            "cannot reach PostgreSQL at 127.0.0.1:5439: connection refused (is the server \
+             running and accepting TCP/IP connections?)"
+        );
+        let role = "connection to server at \"::1\", port 5432 failed: FATAL:  role \"ops\" does not exist\n";
+        assert_eq!(
+            explain_postgres_failure("postgres://ops@[::1]/x", role),
+            "cannot connect to PostgreSQL at [::1]:5432: connection to server at \"::1\", \
+             port 5432 failed: FATAL: role \"ops\" does not exist"
+        );
+    }
+
+    #[test]
+    fn a_postgres_url_is_read_as_libpq_reads_it() {
+        let target = PostgresTarget::parse("postgres://ops:secret@db.internal:6432/app%20data");
+        assert_eq!(
+            target,
+            PostgresTarget {
+                host: Some("db.internal".into()),
+                port: 6432,
+                user: Some("ops".into()),
+                dbname: "app data".into(),
+            }
+        );
+        assert_eq!(
+            target.createdb(),
+            "createdb -h db.internal -p 6432 -U ops 'app data'"
+        );
+        // Parameters win over the URL's parts; no host is the local socket.
+        let target =
+            PostgresTarget::parse("postgres:///?dbname=hooks&user=me&host=/run/pg&port=5433");
+        assert_eq!(target.place(), "the socket in /run/pg (port 5433)");
+        assert_eq!(target.dbname, "hooks");
+        assert_eq!(
+            PostgresTarget::parse("postgres:///").place(),
+            "the local socket (port 5432)"
+        );
+        // No database named: libpq uses the user's name.
+        assert_eq!(PostgresTarget::parse("postgres://me@h").dbname, "me");
+    }
+
+    #[test]
+    fn a_shown_url_hides_the_password_wherever_it_is() {
+        assert_eq!(
+            redacted("postgres://ops:hunter2@db/thinhook"),
+            "postgres://ops:***@db/thinhook"
+        );
+        assert_eq!(
+            redacted("postgres://ops@db/thinhook?sslmode=require&password=hunter2"),
+            "postgres://ops@db/thinhook?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redacted("postgres://ops@db/thinhook"),
+            "postgres://ops@db/thinhook"
+        );
+        // Not a URL the parser takes (the port is out of range): cut as text.
+        assert_eq!(
+            redacted("postgres://ops:p@ss@db:99999/thinhook"),
+            "postgres://ops:***@db:99999/thinhook"
+        );
+        assert_eq!(
+            redacted("postgres://ops@db:99999/x?password=hunter2&sslmode=require"),
+            "postgres://ops@db:99999/x?password=***"
+        );
+        assert_eq!(
+            redacted("sqlite://thinhook.sqlite3"),
+            "sqlite://thinhook.sqlite3"
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/thinhook.db")
+                .unwrap()
+                .shown(),
+            "sqlite:///var/lib/thinhook.db"
+        );
+        let relative = DatabaseUrl::parse("sqlite://thinhook.sqlite3")
+            .unwrap()
+            .shown();
+        let here = std::env::current_dir().unwrap().join("thinhook.sqlite3");
+        assert_eq!(relative, format!("sqlite://{}", here.display()));
+    }
 
     #[test]
     fn database_urls_choose_the_backend() {

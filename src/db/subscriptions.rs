@@ -78,6 +78,15 @@ pub fn quota_refusal(
     Ok(None)
 }
 
+/// A subscription, whoever owns it (the operator's command line).
+pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<SubscriptionRow>> {
+    subscriptions::table
+        .find(id)
+        .select(SubscriptionRow::as_select())
+        .first(conn)
+        .optional()
+}
+
 pub fn find_owned(
     conn: &mut DbConnection,
     id: &str,

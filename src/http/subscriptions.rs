@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use super::pagination::{Page, PageParams};
 use super::{AppState, protected, resource};
 use crate::auth::{Caller, Scope, SubscriptionsManage};
-use crate::clock::{db_now, to_db};
+use crate::clock::{SINCE_FORMAT, db_now, parse_since, to_db};
+use crate::db::deliveries::REPLAY_LIMIT;
 use crate::db::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
 use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
 use crate::domain::{
@@ -559,15 +560,6 @@ async fn all_deliveries(
     deliveries_page(&state, of, query).await
 }
 
-/// What a `since` must be.
-const SINCE_FORMAT: &str = "must be an RFC 3339 time, e.g. 2026-11-29T12:00:00Z";
-
-fn parse_since(since: &str) -> Option<time::PrimitiveDateTime> {
-    OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(to_db)
-}
-
 /// A request for a list of deliveries, checked.
 struct DeliveriesQuery {
     status: Option<String>,
@@ -630,9 +622,6 @@ async fn deliveries_page(
         d.id.clone()
     })))
 }
-
-/// Deliveries one replay queues at most; call again for the rest.
-const REPLAY_LIMIT: i64 = 1000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -415,10 +415,11 @@ impl TestApp {
 /// On PostgreSQL a revocation is announced: API processes need not wait for
 /// their next refresh.
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn a_revocation_reaches_the_api_at_once_through_notify_on_postgres() {
-    if !crate::helpers::postgres_enabled() {
-        return;
-    }
     let app = crate::helpers::spawn_app_with(
         crate::helpers::Backend::Postgres,
         thinhook::startup::Role::Api,

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::{POSTGRES_URL_VAR, postgres_enabled};
+use crate::helpers::postgres_url;
 
 /// Runs `thinhook bench` with `args` and a JSON file; returns its report.
 fn bench(database: &str, args: &[&str]) -> Value {
@@ -72,11 +72,12 @@ fn bench_delivers_every_event_once_to_every_subscription_and_fetches_it_on_sqlit
 }
 
 #[test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 fn bench_delivers_every_event_once_to_every_subscription_and_fetches_it_on_postgres() {
-    if !postgres_enabled() {
-        return;
-    }
-    let report = bench(&std::env::var(POSTGRES_URL_VAR).unwrap(), NOTIFY_AND_FETCH);
+    let report = bench(&postgres_url(), NOTIFY_AND_FETCH);
     assert_every_event_delivered_once(&report, 200, 2);
     assert_eq!(report["backend"], "postgres");
     assert_eq!(report["fetch_failures"], 0, "{report}");

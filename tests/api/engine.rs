@@ -313,10 +313,11 @@ backend_tests_with_backend! {
 /// Two worker processes on one PostgreSQL database keep a subscription
 /// within its bound together.
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 async fn the_per_subscription_bound_holds_across_two_workers_on_postgres() {
-    if !crate::helpers::postgres_enabled() {
-        return;
-    }
     let app = spawn_app(Backend::Postgres).await;
     let receiver = Receiver::start().await;
     const EVENTS: usize = 20;

@@ -3,7 +3,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn thinhook() -> Command {
+/// The binary with an empty environment but `PATH`.
+pub fn thinhook() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_thinhook"));
     command
         .env_clear()
@@ -189,6 +190,7 @@ fn keys_list_shows_which_key_signs() {
         assert!(output.status.success(), "{args:?}: {output:?}");
         String::from_utf8(output.stdout).unwrap()
     };
+    run(&["migrate"]);
     run(&["keys", "rotate"]);
     run(&["keys", "rotate"]);
     let listed = run(&["keys", "list"]);
@@ -203,6 +205,12 @@ fn keys_list_shows_which_key_signs() {
 #[test]
 fn a_failing_command_says_why_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
+    let migrated = thinhook()
+        .arg("migrate")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
     let output = thinhook()
         .args(["clients", "revoke", "cli_nope"])
         .current_dir(dir.path())

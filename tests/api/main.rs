@@ -14,6 +14,7 @@ mod auth;
 mod auth_first;
 mod bench;
 mod chaos;
+mod cli;
 mod comments;
 mod engine;
 mod errors;

@@ -12,7 +12,7 @@ use thinhook::startup::Role;
 use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with};
 use crate::receiver::{Received, Receiver, Reply};
 
-fn id(value: &Value) -> String {
+pub fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
 }
 
@@ -55,7 +55,7 @@ fn signed_with(received: &Received, secret: &str) -> bool {
         .any(|s| s == expected)
 }
 
-async fn deliveries_of(app: &TestApp, subscription: &str) -> Vec<Value> {
+pub async fn deliveries_of(app: &TestApp, subscription: &str) -> Vec<Value> {
     let page: Value = app
         .get(&format!("/subscriptions/{subscription}/deliveries"))
         .await
@@ -623,10 +623,11 @@ mod cross_process {
     use super::*;
 
     #[tokio::test]
+    #[cfg_attr(
+        not(postgres_tests),
+        ignore = "set TEST_POSTGRES_URL to run the PostgreSQL tests"
+    )]
     async fn a_worker_is_woken_by_notify_from_the_api_process() {
-        if !crate::helpers::postgres_enabled() {
-            return;
-        }
         let app = spawn_app(crate::helpers::Backend::Postgres).await;
         let receiver = Receiver::start().await;
         let message = id(&app.create_message("m").await);
@@ -684,10 +685,12 @@ mod shutdown {
     }
 
     #[tokio::test]
+    #[cfg_attr(
+        not(postgres_tests),
+        ignore = "set TEST_POSTGRES_URL to run the PostgreSQL tests"
+    )]
     async fn postgres() {
-        if crate::helpers::postgres_enabled() {
-            releases_the_leases_it_cannot_finish(crate::helpers::Backend::Postgres).await;
-        }
+        releases_the_leases_it_cannot_finish(crate::helpers::Backend::Postgres).await;
     }
 }
 

@@ -47,6 +47,8 @@ def main():
         "THINHOOK_DELIVERY_ALLOW_CIDRS": "127.0.0.0/8",
         "THINHOOK_LOG_LEVEL": "warn",
     }
+    # Only `migrate` and `serve` create the database; `clients create` needs one.
+    subprocess.run([BINARY, "migrate"], cwd=work, env=env, capture_output=True, text=True, check=True)
     created = subprocess.run([BINARY, "clients", "create", "--name", "sdk"], cwd=work, env=env,
                              capture_output=True, text=True, check=True).stdout
     client_id = created.split("client_id:")[1].split()[0]
