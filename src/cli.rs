@@ -38,10 +38,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "all")]
         role: Role,
     },
-    /// Create the database's tables (a missing SQLite file too) or apply
-    /// pending migrations, then exit.
+    /// Prepare the database as `serve` would, then exit: create its tables
+    /// (a missing SQLite file too) or apply pending migrations, open the
+    /// secrets key (creating its file on first use) and make a token signing
+    /// key.
     ///
     /// Every command but `serve` needs this done, or `serve` started, first.
+    /// Run it once before starting several processes on a new database.
     Migrate,
     /// Manage API clients (OAuth 2.0 client credentials).
     #[command(subcommand)]
@@ -59,6 +62,10 @@ pub enum Command {
     /// Print the effective configuration (defaults, file, environment) as
     /// TOML, with passwords and keys redacted.
     Config,
+    /// Exit 0 if this gateway's `/readyz` (on `listen`, loopback when it
+    /// listens on every interface) answers 200 within 3 s, else 1: the
+    /// container image's health check. Opens no database.
+    Healthcheck,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +113,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             print!("{}", effective_config(&settings)?);
             Ok(())
         }
+        Command::Healthcheck => crate::healthcheck::run(&settings).await,
         Command::Keys(command) => {
             if !settings.auth.signing_key_file.is_empty() {
                 anyhow::bail!(
@@ -274,11 +282,15 @@ fn effective_config(settings: &Settings) -> anyhow::Result<String> {
     Ok(toml::to_string(&shown)?)
 }
 
+/// What `serve` does before it serves, and nothing more: run it once before
+/// starting several processes on a new database, so that they do not race
+/// to migrate it or to create its keys.
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let applied = tokio::task::spawn_blocking(move || {
-        let db = Database::connect(&settings.database)?;
+        let now = clock::SystemClock.now_utc();
+        let (db, _, applied) = crate::startup::prepare_database(&settings, now)?;
         eprintln!("database: {}", db.url().shown());
-        db.migrate()
+        Ok::<_, anyhow::Error>(applied)
     })
     .await??;
     if applied.is_empty() {

@@ -114,23 +114,16 @@ impl Application {
         overrides: Overrides,
     ) -> anyhow::Result<Self> {
         let clock = overrides.clock;
-        let database = settings.database.clone();
-        let secrets_settings = settings.secrets.clone();
-        let uses_key_file = !settings.auth.signing_key_file.is_empty();
-        let now = clock.now_utc();
-        let (db, secrets) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let db = Database::connect(&database)?;
-            for name in db.migrate()? {
-                tracing::info!(migration = name, "applied database migration");
-            }
-            let secrets = open_secrets(&db, &secrets_settings)?;
-            if !uses_key_file {
-                keys::ensure_signing_key(&mut *db.get()?, now, &secrets)?;
-            }
-            Ok((db, Arc::new(secrets)))
-        })
-        .await
-        .context("database set-up task failed")??;
+        let (db, secrets, applied) = {
+            let (settings, now) = (settings.clone(), clock.now_utc());
+            tokio::task::spawn_blocking(move || prepare_database(&settings, now))
+                .await
+                .context("database set-up task failed")??
+        };
+        for name in applied {
+            tracing::info!(migration = name, "applied database migration");
+        }
+        let secrets = Arc::new(secrets);
         let dispatch_lock = match db.url() {
             DatabaseUrl::Sqlite(path) if role.dispatches() => Some(lock_dispatching(path)?),
             _ => None,
@@ -445,6 +438,23 @@ impl Application {
             .then(|| Worker::new(self.dispatcher.worker_id()));
         (worker, listeners)
     }
+}
+
+/// Opens the database and makes it ready to serve: pending migrations
+/// applied, the secrets key opened (its file created on first use) and a
+/// token signing key in place. Blocking. Also returns the names of the
+/// migrations applied.
+pub fn prepare_database(
+    settings: &Settings,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<(Database, SecretBox, Vec<String>)> {
+    let db = Database::connect(&settings.database)?;
+    let applied = db.migrate()?;
+    let secrets = open_secrets(&db, &settings.secrets)?;
+    if settings.auth.signing_key_file.is_empty() {
+        keys::ensure_signing_key(&mut *db.get()?, now, &secrets)?;
+    }
+    Ok((db, secrets, applied))
 }
 
 /// The secrets key of the settings, checked against what the database

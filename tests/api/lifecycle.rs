@@ -190,16 +190,55 @@ fn keys_list_shows_which_key_signs() {
         assert!(output.status.success(), "{args:?}: {output:?}");
         String::from_utf8(output.stdout).unwrap()
     };
+    let statuses = || {
+        let listed = run(&["keys", "list"]);
+        listed
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // `migrate` prepares what `serve` would: the secrets key and a first
+    // signing key, so that processes started next do not race to make them.
     run(&["migrate"]);
+    assert!(dir.path().join("thinhook.key").exists());
+    assert_eq!(statuses(), ["signing"]);
     run(&["keys", "rotate"]);
     run(&["keys", "rotate"]);
-    let listed = run(&["keys", "list"]);
-    let statuses: Vec<&str> = listed
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().nth(1).unwrap())
-        .collect();
-    assert_eq!(statuses, ["signing", "retired"], "{listed}");
+    assert_eq!(statuses(), ["signing", "retired", "retired"]);
+}
+
+#[tokio::test]
+async fn healthcheck_asks_the_gateways_readyz() {
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
+    let check = |listen: String| async move {
+        tokio::task::spawn_blocking(move || {
+            thinhook()
+                .arg("healthcheck")
+                .env_clear()
+                .env("THINHOOK_LISTEN", listen)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let ready = check(app.address.trim_start_matches("http://").to_owned()).await;
+    assert!(ready.status.success(), "{ready:?}");
+    // Nothing listens on the port of a socket just closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = check(format!("0.0.0.0:{port}")).await;
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    let stderr = String::from_utf8(down.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("http://127.0.0.1:{port}/readyz")),
+        "{stderr}"
+    );
 }
 
 #[test]
