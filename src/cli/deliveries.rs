@@ -398,6 +398,7 @@ mod tests {
             sequence: 1,
             created_at: datetime!(2026-11-29 12:00:00),
             feed_position: None,
+            traceparent: None,
         }
     }
 
