@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::auth::{self, Scopes};
 use crate::clock::{self, Clock};
 use crate::config::Settings;
+use crate::db::signing_keys::Purpose;
 use crate::db::{self, Database};
 use crate::startup::{Application, Role, shutdown_signal};
 
@@ -93,10 +94,29 @@ pub enum ClientsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Make a new signing key active; the old one keeps verifying until its tokens expire.
-    Rotate,
+    /// Make a new signing key active; the old one keeps verifying until its
+    /// tokens expire (a webhook key: stays published for
+    /// `delivery.secret_overlap_secs`).
+    Rotate {
+        /// The key that signs `v1a` webhooks, not the one that signs access tokens.
+        #[arg(long)]
+        webhooks: bool,
+    },
     /// List signing keys: which one signs, which still verify.
-    List,
+    List {
+        /// The keys that sign `v1a` webhooks, not those that sign access tokens.
+        #[arg(long)]
+        webhooks: bool,
+    },
+}
+
+impl KeysCommand {
+    fn purpose(&self) -> Purpose {
+        match self {
+            Self::Rotate { webhooks: true } | Self::List { webhooks: true } => Purpose::Webhooks,
+            _ => Purpose::Tokens,
+        }
+    }
 }
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -115,7 +135,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Healthcheck => crate::healthcheck::run(&settings).await,
         Command::Keys(command) => {
-            if !settings.auth.signing_key_file.is_empty() {
+            if command.purpose() == Purpose::Tokens && !settings.auth.signing_key_file.is_empty() {
                 anyhow::bail!(
                     "the signing key comes from auth.signing_key_file; rotate it by replacing that file"
                 );
@@ -204,19 +224,21 @@ fn keys(
     secrets: &crate::secret_box::SecretBox,
     command: KeysCommand,
 ) -> anyhow::Result<()> {
+    let purpose = command.purpose();
     match command {
-        KeysCommand::Rotate => {
-            let kid = auth::keys::rotate(&mut *db.get()?, clock::SystemClock.now_utc(), secrets)?;
+        KeysCommand::Rotate { .. } => {
+            let now = clock::SystemClock.now_utc();
+            let kid = auth::keys::rotate(&mut *db.get()?, now, secrets, purpose)?;
             println!("new signing key: {kid}");
         }
-        KeysCommand::List => {
+        KeysCommand::List { .. } => {
             let rfc3339 = |at: time::PrimitiveDateTime| {
                 at.assume_utc()
                     .format(&time::format_description::well_known::Rfc3339)
             };
             println!("{:<24}  {:<8}  {:<27}  RETIRED", "KID", "STATUS", "CREATED");
             let mut signing = true;
-            for key in db::signing_keys::list(&mut *db.get()?)? {
+            for key in db::signing_keys::list(&mut *db.get()?, purpose)? {
                 // The newest key not retired signs; retired ones verify until
                 // the tokens they signed expire.
                 let status = match key.retired_at {

@@ -21,6 +21,7 @@ use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::db::presence::{Listeners, Presence, Worker};
 use crate::db::queue::{self, Capacity, Handoff};
+use crate::db::signing_keys::Purpose;
 use crate::db::writer::{Writer, WriterSettings};
 use crate::db::{Database, DatabaseUrl};
 use crate::delivery::attempt::Attempter;
@@ -28,6 +29,7 @@ use crate::delivery::client::{ClientSettings, WebhookClient};
 use crate::delivery::dispatcher::{self, DispatchSettings, Dispatcher};
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::ssrf::{Cidr, EgressPolicy, Guard, Resolver, SystemResolver};
+use crate::delivery::webhook_keys::WebhookKeys;
 use crate::error::ApiError;
 use crate::http::metrics::Exporter;
 use crate::http::{self, AppState, Links, Webhooks, request_id};
@@ -197,6 +199,12 @@ impl Application {
             },
             handoff,
         )?;
+        let webhook_keys = Arc::new(WebhookKeys::new(
+            db.clone(),
+            secrets.clone(),
+            clock.clone(),
+            Duration::from_secs(delivery.secret_overlap_secs),
+        ));
         let dispatcher = Arc::new(Dispatcher::new(dispatcher::Parts {
             writer: writer.clone(),
             attempter: Attempter {
@@ -214,6 +222,7 @@ impl Application {
                 clock: clock.clone(),
                 endpoints: Arc::default(),
                 metrics: metrics.clone(),
+                webhook_keys: webhook_keys.clone(),
             },
             backend: db.backend(),
             settings: DispatchSettings {
@@ -259,6 +268,7 @@ impl Application {
                             per_client: settings.limits.max_subscriptions_per_client,
                             per_event: settings.limits.max_subscriptions_per_event,
                         },
+                        keys: webhook_keys,
                     },
                 });
                 let max_body_bytes = settings.max_body_bytes;
@@ -441,9 +451,9 @@ impl Application {
 }
 
 /// Opens the database and makes it ready to serve: pending migrations
-/// applied, the secrets key opened (its file created on first use) and a
-/// token signing key in place. Blocking. Also returns the names of the
-/// migrations applied.
+/// applied, the secrets key opened (its file created on first use), a
+/// token signing key and a webhook signing key in place. Blocking. Also
+/// returns the names of the migrations applied.
 pub fn prepare_database(
     settings: &Settings,
     now: time::OffsetDateTime,
@@ -451,9 +461,12 @@ pub fn prepare_database(
     let db = Database::connect(&settings.database)?;
     let applied = db.migrate()?;
     let secrets = open_secrets(&db, &settings.secrets)?;
+    let mut conn = db.get()?;
     if settings.auth.signing_key_file.is_empty() {
-        keys::ensure_signing_key(&mut *db.get()?, now, &secrets)?;
+        keys::ensure_signing_key(&mut conn, now, &secrets, Purpose::Tokens)?;
     }
+    keys::ensure_signing_key(&mut conn, now, &secrets, Purpose::Webhooks)?;
+    drop(conn);
     Ok((db, secrets, applied))
 }
 

@@ -25,7 +25,8 @@ use time::OffsetDateTime;
 
 use crate::clock::{SharedClock, to_db};
 use crate::db::models::SigningKeyRow;
-use crate::db::{Database, DbConnection, DbError, signing_keys};
+use crate::db::signing_keys::{self, Purpose};
+use crate::db::{Database, DbConnection, DbError};
 use crate::secret_box::SecretBox;
 
 /// Reload verifying keys at least this often, so keys rotated by another
@@ -96,13 +97,17 @@ impl SigningKey {
 }
 
 /// RFC 7638 thumbprint of an Ed25519 public key: a stable, content-derived `kid`.
-fn thumbprint(x: &str) -> String {
+pub fn thumbprint(x: &str) -> String {
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
 }
 
 /// A new key, as stored: the private key sealed with the secrets key.
-pub fn generate_row(now: OffsetDateTime, secrets: &SecretBox) -> anyhow::Result<SigningKeyRow> {
+pub fn generate_row(
+    now: OffsetDateTime,
+    secrets: &SecretBox,
+    purpose: Purpose,
+) -> anyhow::Result<SigningKeyRow> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
     let key = SigningKey::from_pkcs8(pkcs8.as_ref())?;
@@ -112,32 +117,40 @@ pub fn generate_row(now: OffsetDateTime, secrets: &SecretBox) -> anyhow::Result<
         public_key: key.public_x,
         created_at: to_db(now),
         retired_at: None,
+        purpose: purpose.as_str().to_owned(),
     })
 }
 
-/// Makes sure a key is there to sign with; generates the first one.
+/// Makes sure a key of `purpose` is there to sign with; generates the first one.
 pub fn ensure_signing_key(
     conn: &mut DbConnection,
     now: OffsetDateTime,
     secrets: &SecretBox,
+    purpose: Purpose,
 ) -> anyhow::Result<()> {
-    if signing_keys::active(conn)?.is_none() {
-        let row = generate_row(now, secrets)?;
+    if signing_keys::active(conn, purpose)?.is_none() {
+        let row = generate_row(now, secrets, purpose)?;
         signing_keys::insert(conn, &row)?;
-        tracing::info!(kid = row.kid, "generated the first token signing key");
+        tracing::info!(
+            kid = row.kid,
+            purpose = purpose.as_str(),
+            "generated the first signing key"
+        );
     }
     Ok(())
 }
 
-/// Retires the signing key and makes a new one active; returns the new `kid`.
+/// Retires the signing key of `purpose` and makes a new one active; returns
+/// the new `kid`.
 pub fn rotate(
     conn: &mut DbConnection,
     now: OffsetDateTime,
     secrets: &SecretBox,
+    purpose: Purpose,
 ) -> anyhow::Result<String> {
-    let row = generate_row(now, secrets)?;
+    let row = generate_row(now, secrets, purpose)?;
     crate::db::write_transaction(conn, |conn| {
-        signing_keys::retire_active(conn, to_db(now))?;
+        signing_keys::retire_active(conn, purpose, to_db(now))?;
         signing_keys::insert(conn, &row)
     })?;
     Ok(row.kid)
@@ -156,7 +169,7 @@ pub struct Jwk {
 }
 
 impl Jwk {
-    fn ed25519(kid: &str, x: &str) -> Self {
+    pub fn ed25519(kid: &str, x: &str) -> Self {
         Self {
             kty: "OKP",
             crv: "Ed25519",
@@ -236,11 +249,12 @@ impl KeyRing {
             Source::File(key) => return Ok(key.clone()),
             Source::Database(_, secrets) => secrets,
         };
-        let row = match signing_keys::active(conn)? {
+        let row = match signing_keys::active(conn, Purpose::Tokens)? {
             Some(row) => row,
             None => {
-                ensure_signing_key(conn, self.clock.now_utc(), secrets)?;
-                signing_keys::active(conn)?.context("no signing key after creating one")?
+                ensure_signing_key(conn, self.clock.now_utc(), secrets, Purpose::Tokens)?;
+                signing_keys::active(conn, Purpose::Tokens)?
+                    .context("no signing key after creating one")?
             }
         };
         let mut cached = self.signing.lock().unwrap_or_else(|p| p.into_inner());
@@ -314,7 +328,7 @@ impl KeyRing {
             Source::Database(db, _) => {
                 let since = to_db(self.clock.now_utc() - self.grace);
                 let rows = db
-                    .run(move |conn| signing_keys::verifying(conn, since))
+                    .run(move |conn| signing_keys::verifying(conn, Purpose::Tokens, since))
                     .await?;
                 rows.iter()
                     .map(|row| VerifyingKey {
@@ -354,7 +368,7 @@ mod tests {
 
     #[test]
     fn generated_keys_round_trip_and_are_named_by_thumbprint() {
-        let row = generate_row(OffsetDateTime::now_utc(), &secrets()).unwrap();
+        let row = generate_row(OffsetDateTime::now_utc(), &secrets(), Purpose::Tokens).unwrap();
         let key = SigningKey::from_row(&row, &secrets()).unwrap();
         assert_eq!(key.kid, row.kid);
         assert_eq!(key.public_x, row.public_key);
@@ -373,7 +387,7 @@ mod tests {
 
     #[test]
     fn private_keys_are_stored_sealed_and_bound_to_their_kid() {
-        let row = generate_row(OffsetDateTime::now_utc(), &secrets()).unwrap();
+        let row = generate_row(OffsetDateTime::now_utc(), &secrets(), Purpose::Tokens).unwrap();
         assert!(row.private_key.starts_with("v1:"), "stored in the clear");
         assert!(SigningKey::from_row(&row, &SecretBox::new(&[4u8; 32])).is_err());
         let moved = SigningKeyRow {
@@ -385,7 +399,7 @@ mod tests {
 
     #[test]
     fn pem_files_load() {
-        let row = generate_row(OffsetDateTime::now_utc(), &secrets()).unwrap();
+        let row = generate_row(OffsetDateTime::now_utc(), &secrets(), Purpose::Tokens).unwrap();
         let pkcs8 = secrets().open(&row.private_key, &row.kid).unwrap();
         let pem = format!("-----BEGIN PRIVATE KEY-----\n{pkcs8}\n-----END PRIVATE KEY-----\n");
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -186,7 +186,12 @@ mod tests {
 
     fn key() -> (SigningKey, DecodingKey) {
         let secrets = crate::secret_box::SecretBox::new(&[1u8; 32]);
-        let row = generate_row(OffsetDateTime::now_utc(), &secrets).unwrap();
+        let row = generate_row(
+            OffsetDateTime::now_utc(),
+            &secrets,
+            crate::db::signing_keys::Purpose::Tokens,
+        )
+        .unwrap();
         let signing = SigningKey::from_row(&row, &secrets).unwrap();
         let decoding = DecodingKey::from_ed_components(&row.public_key).unwrap();
         (signing, decoding)

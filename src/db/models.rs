@@ -61,6 +61,8 @@ pub struct SigningKeyRow {
     pub public_key: String,
     pub created_at: PrimitiveDateTime,
     pub retired_at: Option<PrimitiveDateTime>,
+    /// What it signs: `token` or `webhook` (see `signing_keys::Purpose`).
+    pub purpose: String,
 }
 
 impl std::fmt::Debug for SigningKeyRow {
@@ -91,9 +93,21 @@ pub struct SubscriptionRow {
     pub failing_since: Option<PrimitiveDateTime>,
     pub created_at: PrimitiveDateTime,
     pub updated_at: PrimitiveDateTime,
+    /// `v1`, `v1a` or `v1 v1a`: which Standard Webhooks signatures it gets.
+    pub signature_scheme: String,
 }
 
 impl SubscriptionRow {
+    /// Whether its webhooks carry an HMAC (`v1`) signature.
+    pub fn signs_v1(&self) -> bool {
+        self.signature_scheme.split(' ').any(|s| s == "v1")
+    }
+
+    /// Whether its webhooks carry an Ed25519 (`v1a`) signature.
+    pub fn signs_v1a(&self) -> bool {
+        self.signature_scheme.split(' ').any(|s| s == "v1a")
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.enabled != 0
     }

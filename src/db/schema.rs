@@ -97,6 +97,7 @@ diesel::table! {
         public_key -> Text,
         created_at -> Timestamp,
         retired_at -> Nullable<Timestamp>,
+        purpose -> Text,
     }
 }
 
@@ -116,6 +117,7 @@ diesel::table! {
         failing_since -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        signature_scheme -> Text,
     }
 }
 

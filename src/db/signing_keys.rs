@@ -1,4 +1,5 @@
-//! Repository functions for the keys that sign access tokens.
+//! Repository functions for the Ed25519 keys that sign access tokens and
+//! webhooks (`v1a`): each kind has its own newest key and rotation.
 
 use diesel::prelude::*;
 use time::PrimitiveDateTime;
@@ -7,6 +8,22 @@ use super::DbConnection;
 use super::models::SigningKeyRow;
 use super::schema::signing_keys;
 
+/// What a key signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Tokens,
+    Webhooks,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tokens => "token",
+            Self::Webhooks => "webhook",
+        }
+    }
+}
+
 pub fn insert(conn: &mut DbConnection, key: &SigningKeyRow) -> QueryResult<()> {
     diesel::insert_into(signing_keys::table)
         .values(key)
@@ -14,9 +31,10 @@ pub fn insert(conn: &mut DbConnection, key: &SigningKeyRow) -> QueryResult<()> {
         .map(drop)
 }
 
-/// The key that signs new tokens: the newest one not retired.
-pub fn active(conn: &mut DbConnection) -> QueryResult<Option<SigningKeyRow>> {
+/// The key that signs now: the newest one of `purpose` not retired.
+pub fn active(conn: &mut DbConnection, purpose: Purpose) -> QueryResult<Option<SigningKeyRow>> {
     signing_keys::table
+        .filter(signing_keys::purpose.eq(purpose.as_str()))
         .filter(signing_keys::retired_at.is_null())
         .order((signing_keys::created_at.desc(), signing_keys::kid.desc()))
         .select(SigningKeyRow::as_select())
@@ -24,20 +42,23 @@ pub fn active(conn: &mut DbConnection) -> QueryResult<Option<SigningKeyRow>> {
         .optional()
 }
 
-/// Every key, newest first.
-pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<SigningKeyRow>> {
+/// Every key of `purpose`, newest first.
+pub fn list(conn: &mut DbConnection, purpose: Purpose) -> QueryResult<Vec<SigningKeyRow>> {
     signing_keys::table
+        .filter(signing_keys::purpose.eq(purpose.as_str()))
         .order((signing_keys::created_at.desc(), signing_keys::kid.desc()))
         .select(SigningKeyRow::as_select())
         .load(conn)
 }
 
-/// Keys that may still verify tokens: unretired, or retired after `since`.
+/// Keys of `purpose` that may still verify: unretired, or retired after `since`.
 pub fn verifying(
     conn: &mut DbConnection,
+    purpose: Purpose,
     since: PrimitiveDateTime,
 ) -> QueryResult<Vec<SigningKeyRow>> {
     signing_keys::table
+        .filter(signing_keys::purpose.eq(purpose.as_str()))
         .filter(
             signing_keys::retired_at
                 .is_null()
@@ -48,11 +69,19 @@ pub fn verifying(
         .load(conn)
 }
 
-/// Retires every key still signing; returns how many.
-pub fn retire_active(conn: &mut DbConnection, at: PrimitiveDateTime) -> QueryResult<usize> {
-    diesel::update(signing_keys::table.filter(signing_keys::retired_at.is_null()))
-        .set(signing_keys::retired_at.eq(at))
-        .execute(conn)
+/// Retires every key of `purpose` still signing; returns how many.
+pub fn retire_active(
+    conn: &mut DbConnection,
+    purpose: Purpose,
+    at: PrimitiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        signing_keys::table
+            .filter(signing_keys::purpose.eq(purpose.as_str()))
+            .filter(signing_keys::retired_at.is_null()),
+    )
+    .set(signing_keys::retired_at.eq(at))
+    .execute(conn)
 }
 
 /// One secret sealed with the secrets key, and what it is bound to: the

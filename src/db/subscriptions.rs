@@ -126,6 +126,7 @@ pub struct Patch {
     /// `Some(None)` clears it.
     pub description: Option<Option<String>>,
     pub enabled: Option<bool>,
+    pub signature_scheme: Option<String>,
 }
 
 /// The columns a patch writes; the others keep whatever they hold when the
@@ -141,6 +142,7 @@ struct Changes {
     enabled: Option<i32>,
     disabled_reason: Option<Option<String>>,
     failing_since: Option<Option<PrimitiveDateTime>>,
+    signature_scheme: Option<String>,
     updated_at: PrimitiveDateTime,
 }
 
@@ -186,6 +188,7 @@ pub fn plan_patch(
         enabled: None,
         disabled_reason: None,
         failing_since: None,
+        signature_scheme: patch.signature_scheme.clone(),
         updated_at: now,
     };
     match patch.enabled {

@@ -13,6 +13,7 @@ use super::client::{Reply, WebhookClient};
 use super::payload::ThinEvent;
 use super::retry::{self, Outcome, RetryPolicy};
 use super::signer;
+use super::webhook_keys::{WebhookKey, WebhookKeys};
 use crate::clock::{SharedClock, to_db};
 use crate::db::deliveries::{self, AttemptOutcome, AttemptUpdate, Leased, Verdict};
 use crate::db::models::{AttemptRow, EventRow, SubscriptionRow};
@@ -31,6 +32,8 @@ pub struct Attempter {
     pub clock: SharedClock,
     pub endpoints: Arc<Endpoints>,
     pub metrics: Arc<Metrics>,
+    /// The gateway's Ed25519 keys, for `v1a` signatures.
+    pub webhook_keys: Arc<WebhookKeys>,
 }
 
 /// What attempts need of a subscription, derived once per version of it
@@ -108,7 +111,14 @@ impl Attempter {
         let started = self.clock.now_utc();
         let trace = event.traceparent.as_deref().and_then(TraceParent::parse);
         let (span, sent_trace) = attempt_span(delivery, trace);
-        let reply = match self.prepare(event, subscription, started, sent_trace) {
+        let key = match subscription.signs_v1a() {
+            true => Some(self.webhook_keys.current().await),
+            false => None,
+        }
+        .transpose();
+        let prepared = key
+            .and_then(|key| self.prepare(event, subscription, started, sent_trace, key.as_deref()));
+        let reply = match prepared {
             Ok((url, headers, body)) => {
                 self.client.post(&url, headers, body).instrument(span).await
             }
@@ -215,17 +225,27 @@ impl Attempter {
         subscription: &SubscriptionRow,
         now: OffsetDateTime,
         trace: Option<TraceParent>,
+        key: Option<&WebhookKey>,
     ) -> anyhow::Result<(Url, HeaderMap, Vec<u8>)> {
         let endpoint = self.endpoints.get(subscription, &self.secrets)?;
-        let mut secrets = vec![&endpoint.secret];
-        if let Some((previous, until)) = &endpoint.previous
-            && *until > now
-        {
-            secrets.push(previous);
+        let mut secrets = Vec::with_capacity(2);
+        if subscription.signs_v1() {
+            secrets.push(&endpoint.secret);
+            if let Some((previous, until)) = &endpoint.previous
+                && *until > now
+            {
+                secrets.push(previous);
+            }
         }
         let body = ThinEvent::new(event, &self.public_base_url).to_json();
         let timestamp = now.unix_timestamp();
-        let signature = signer::signature_header(secrets, &event.id, timestamp, &body);
+        let mut signature = signer::signature_header(secrets, &event.id, timestamp, &body);
+        if let Some(key) = key {
+            if !signature.is_empty() {
+                signature.push(' ');
+            }
+            signature.push_str(&key.sign(&event.id, timestamp, &body));
+        }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
@@ -240,6 +260,13 @@ impl Attempter {
             HeaderName::from_static("webhook-signature"),
             HeaderValue::from_str(&signature)?,
         );
+        if let Some(key) = key {
+            // Which published key (`/.well-known/webhook-keys.json`) verifies the `v1a` signature.
+            headers.insert(
+                HeaderName::from_static("webhook-key-id"),
+                HeaderValue::from_str(&key.kid)?,
+            );
+        }
         if let Some(trace) = trace {
             headers.insert(
                 HeaderName::from_static("traceparent"),

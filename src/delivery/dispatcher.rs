@@ -703,6 +703,7 @@ mod tests {
             failing_since: None,
             created_at: at,
             updated_at: at,
+            signature_scheme: "v1".into(),
         })
     }
 

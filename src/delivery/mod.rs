@@ -17,3 +17,4 @@ pub mod payload;
 pub mod retry;
 pub mod signer;
 pub mod ssrf;
+pub mod webhook_keys;

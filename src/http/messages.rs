@@ -150,6 +150,7 @@ async fn create_message(
                 &types,
                 Some(&id),
                 None,
+                "v1",
             ))
         }
         None => None,

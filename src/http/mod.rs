@@ -50,6 +50,8 @@ pub struct Webhooks {
     /// How long a rotated-out secret keeps signing.
     pub secret_overlap: Duration,
     pub quota: crate::db::subscriptions::Quota,
+    /// The gateway's `v1a` signing keys, published for receivers.
+    pub keys: Arc<crate::delivery::webhook_keys::WebhookKeys>,
 }
 
 /// Builds absolute URLs of resources from the public base URL.

@@ -49,7 +49,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/deliveries", "GET").route(protected(web::get().to(all_deliveries))))
     .service(
         resource("/deliveries/{deliveryId}/retry", "POST").route(protected(web::post().to(retry))),
-    );
+    )
+    .service(resource("/.well-known/webhook-keys.json", "GET").route(web::get().to(webhook_keys)));
+}
+
+/// The public keys that verify `v1a` webhook signatures, as a JWK Set: a
+/// webhook's `webhook-key-id` header names its key.
+async fn webhook_keys(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let keys = state.webhooks.keys.published().await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .json(serde_json::json!({ "keys": keys })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +71,8 @@ struct CreateSubscription {
     message_id: Option<String>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    signature_scheme: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +82,7 @@ struct UpdateSubscription {
     event_types: Option<Vec<String>>,
     enabled: Option<bool>,
     description: Option<String>,
+    signature_scheme: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +94,7 @@ pub struct Subscription {
     description: Option<String>,
     enabled: bool,
     disabled_reason: Option<String>,
+    signature_scheme: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -99,6 +113,7 @@ impl From<SubscriptionRow> for Subscription {
             message_id: row.message_id,
             description: row.description,
             disabled_reason: row.disabled_reason,
+            signature_scheme: row.signature_scheme,
             created_at: row.created_at.assume_utc(),
             updated_at: row.updated_at.assume_utc(),
         }
@@ -150,6 +165,22 @@ pub async fn vet_url(state: &AppState, field: &str, url: &str) -> Result<Webhook
     Ok(url)
 }
 
+/// `v1` (HMAC-SHA256 with the subscription's secret), `v1a` (Ed25519 with
+/// the gateway's published key) or both, space-separated, as stored.
+fn parse_signature_scheme(value: &str) -> Result<&'static str, ApiError> {
+    let mut schemes: Vec<&str> = value.split(' ').collect();
+    schemes.sort_unstable();
+    match schemes.as_slice() {
+        ["v1"] => Ok("v1"),
+        ["v1a"] => Ok("v1a"),
+        ["v1", "v1a"] => Ok("v1 v1a"),
+        _ => Err(validation(
+            "signature_scheme",
+            "must be `v1`, `v1a` or `v1 v1a`",
+        )),
+    }
+}
+
 fn parse_event_types(names: &[String]) -> Result<EventTypes, ApiError> {
     EventTypes::parse(names.iter().map(String::as_str)).map_err(|e| validation("event_types", e))
 }
@@ -169,6 +200,7 @@ pub fn new_subscription(
     event_types: &EventTypes,
     message_id: Option<&MessageId>,
     description: Option<String>,
+    signature_scheme: &str,
 ) -> NewSubscription {
     let id = SubscriptionId::generate();
     let secret = SigningSecret::generate();
@@ -188,6 +220,7 @@ pub fn new_subscription(
         failing_since: None,
         created_at: now,
         updated_at: now,
+        signature_scheme: signature_scheme.to_owned(),
     };
     NewSubscription { row, secret }
 }
@@ -231,6 +264,10 @@ async fn create(
         .map(parse_description)
         .transpose()?
         .flatten();
+    let signature_scheme = body
+        .signature_scheme
+        .as_deref()
+        .map_or(Ok("v1"), parse_signature_scheme)?;
     let url = vet_url(&state, "url", &body.url).await?;
     let new = new_subscription(
         &state,
@@ -239,6 +276,7 @@ async fn create(
         &event_types,
         message_id.as_ref(),
         description,
+        signature_scheme,
     );
     let row = new.row.clone();
     let quota = state.webhooks.quota;
@@ -326,6 +364,11 @@ async fn update(
         .map(parse_event_types)
         .transpose()?;
     let description = body.description.map(parse_description).transpose()?;
+    let signature_scheme = body
+        .signature_scheme
+        .as_deref()
+        .map(parse_signature_scheme)
+        .transpose()?;
     let url = match &body.url {
         Some(url) => Some(vet_url(&state, "url", url).await?),
         None => None,
@@ -335,6 +378,7 @@ async fn update(
         event_types: event_types.map(|types| types.to_stored()),
         description,
         enabled: body.enabled,
+        signature_scheme: signature_scheme.map(str::to_owned),
     };
     let (id, owner, now) = (
         path.id.to_string(),

@@ -84,11 +84,16 @@ async fn assert_oauth_error(response: Response, status: StatusCode, error: &str)
 /// The server's current signing key, read from its database.
 async fn server_signing_key(app: &TestApp) -> SigningKey {
     let db = app.db.clone();
-    let row = tokio::task::spawn_blocking(move || db::signing_keys::active(&mut db.get().unwrap()))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let row = tokio::task::spawn_blocking(move || {
+        db::signing_keys::active(
+            &mut db.get().unwrap(),
+            thinhook::db::signing_keys::Purpose::Tokens,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     SigningKey::from_row(&row, &app.secrets()).unwrap()
 }
 
@@ -270,7 +275,7 @@ backend_tests! {
 
     async fn a_token_with_an_unknown_kid_is_refused(app: &TestApp) {
         let secrets = app.secrets();
-        let foreign = SigningKey::from_row(&keys::generate_row(app.clock.now_utc(), &secrets).unwrap(), &secrets).unwrap();
+        let foreign = SigningKey::from_row(&keys::generate_row(app.clock.now_utc(), &secrets, thinhook::db::signing_keys::Purpose::Tokens).unwrap(), &secrets).unwrap();
         let client = ClientId::parse(&app.user.id).unwrap();
         let (token, _) = tokens::issue(&foreign, &server_policy(app), &client, &Scopes::all(), app.clock.now_utc()).unwrap();
         assert_invalid_token(read_something(app, &token).await).await;
@@ -405,10 +410,17 @@ impl TestApp {
     async fn rotate_keys(&self) -> String {
         let (db, now) = (self.db.clone(), self.clock.now_utc());
         let secrets = self.secrets();
-        tokio::task::spawn_blocking(move || keys::rotate(&mut db.get().unwrap(), now, &secrets))
-            .await
-            .unwrap()
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            keys::rotate(
+                &mut db.get().unwrap(),
+                now,
+                &secrets,
+                thinhook::db::signing_keys::Purpose::Tokens,
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap()
     }
 }
 

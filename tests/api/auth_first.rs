@@ -21,6 +21,7 @@ const PUBLIC_ROUTES: &[&str] = &[
     "/.well-known/oauth-authorization-server",
     "/openapi.yaml",
     "/metrics",
+    "/.well-known/webhook-keys.json",
 ];
 
 /// A well-formed EdDSA at+jwt naming a key the server does not have. Its

@@ -19,7 +19,7 @@ backend_tests! {
         // sealed with a key this process does not have.
         let other = thinhook::secret_box::SecretBox::new(&[9u8; 32]);
         let later = app.clock_now() + time::Duration::seconds(1);
-        let row = thinhook::auth::keys::generate_row(later, &other).unwrap();
+        let row = thinhook::auth::keys::generate_row(later, &other, thinhook::db::signing_keys::Purpose::Tokens).unwrap();
         let db = app.db.clone();
         tokio::task::spawn_blocking(move || thinhook::db::signing_keys::insert(&mut db.get().unwrap(), &row))
             .await

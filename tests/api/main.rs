@@ -30,6 +30,7 @@ mod observability;
 mod otlp;
 mod races;
 mod receiver;
+mod signatures;
 mod spec;
 mod stored_text;
 mod subscriptions;

@@ -19,6 +19,7 @@ pub(crate) const SERVER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/openapi.yaml"),
     ("GET", "/metrics"),
+    ("GET", "/.well-known/webhook-keys.json"),
     ("POST", "/messages"),
     ("GET", "/messages/{messageId}"),
     ("POST", "/messages/{messageId}/comments"),

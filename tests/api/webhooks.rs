@@ -40,7 +40,7 @@ pub async fn subscribe(
 }
 
 /// Checks the Standard Webhooks signature of `received` against `secret`.
-fn signed_with(received: &Received, secret: &str) -> bool {
+pub fn signed_with(received: &Received, secret: &str) -> bool {
     let secret = SigningSecret::parse(secret).unwrap();
     let timestamp: i64 = received.header("webhook-timestamp").parse().unwrap();
     let expected = signer::sign(
@@ -750,6 +750,7 @@ impl TestApp {
             failing_since: None,
             created_at: now,
             updated_at: now,
+            signature_scheme: "v1".into(),
         };
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
