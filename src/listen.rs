@@ -3,6 +3,7 @@
 //! (as a real receiver would), prints both, and can forward the original
 //! request to the developer's own endpoint.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,9 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
+use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
@@ -23,7 +27,13 @@ const TOLERANCE_SECS: i64 = 5 * 60;
 /// The environment variables `listen` reads its secrets and client id from.
 /// They are the command's, not settings: [`crate::config`] must not take
 /// them for misspelt `THINHOOK_*` settings.
-pub const ENV_VARS: [&str; 3] = [WEBHOOK_SECRET_VAR, CLIENT_ID_VAR, CLIENT_SECRET_VAR];
+pub const ENV_VARS: [&str; 4] = [
+    WEBHOOK_SECRET_VAR,
+    CLIENT_ID_VAR,
+    CLIENT_SECRET_VAR,
+    GATEWAY_VAR,
+];
+const GATEWAY_VAR: &str = "THINHOOK_LISTEN_GATEWAY";
 const WEBHOOK_SECRET_VAR: &str = "THINHOOK_LISTEN_WEBHOOK_SECRET";
 const CLIENT_ID_VAR: &str = "THINHOOK_LISTEN_CLIENT_ID";
 const CLIENT_SECRET_VAR: &str = "THINHOOK_LISTEN_CLIENT_SECRET";
@@ -44,7 +54,7 @@ pub struct ListenArgs {
         env = WEBHOOK_SECRET_VAR,
         hide_env_values = true,
         value_name = "WHSEC",
-        required_unless_present = "secret_file"
+        required_unless_present_any = ["secret_file", "gateway"]
     )]
     pub secret: Option<String>,
     /// A file holding the subscription's signing secret (surrounding
@@ -69,6 +79,12 @@ pub struct ListenArgs {
     /// ignored); it wins over --client-secret and the environment.
     #[arg(long, value_name = "PATH")]
     pub client_secret_file: Option<PathBuf>,
+    /// The gateway's public base URL, whose published keys
+    /// (`/.well-known/webhook-keys.json`) verify `v1a` signatures: needed
+    /// for a subscription whose `signature_scheme` is `v1a`. Given here,
+    /// never taken from a notification, which could name any server.
+    #[arg(long, env = GATEWAY_VAR, value_name = "URL")]
+    pub gateway: Option<String>,
     /// Also send each verified request, unchanged, to this URL.
     #[arg(long, value_name = "URL")]
     pub forward: Option<String>,
@@ -90,7 +106,10 @@ fn secret_from(inline: Option<String>, file: Option<&Path>, flag: &str) -> anyho
 }
 
 struct Listener {
-    secret: SigningSecret,
+    secret: Option<SigningSecret>,
+    /// Where the `v1a` keys are published, and those read so far by kid.
+    gateway_keys: Option<Url>,
+    keys: Mutex<HashMap<String, Vec<u8>>>,
     client_id: String,
     client_secret: String,
     forward: Option<Url>,
@@ -103,14 +122,32 @@ pub async fn run(
     args: ListenArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let webhook_secret = secret_from(args.secret, args.secret_file.as_deref(), "--secret")?;
+    let webhook_secret = match (&args.secret, &args.secret_file, &args.gateway) {
+        (None, None, Some(_)) => None,
+        _ => Some(secret_from(
+            args.secret,
+            args.secret_file.as_deref(),
+            "--secret",
+        )?),
+    };
     let client_secret = secret_from(
         args.client_secret,
         args.client_secret_file.as_deref(),
         "--client-secret",
     )?;
     let listener = Arc::new(Listener {
-        secret: SigningSecret::parse(&webhook_secret).context("--secret")?,
+        secret: webhook_secret
+            .as_deref()
+            .map(SigningSecret::parse)
+            .transpose()
+            .context("--secret")?,
+        gateway_keys: args
+            .gateway
+            .as_deref()
+            .map(|base| Url::parse(base)?.join("/.well-known/webhook-keys.json"))
+            .transpose()
+            .context("--gateway")?,
+        keys: Mutex::default(),
         forward: args
             .forward
             .as_deref()
@@ -148,8 +185,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Why a request is not a genuine notification.
-fn verify(secret: &SigningSecret, req: &HttpRequest, body: &[u8], now: i64) -> Result<(), String> {
+/// Why a request is not a genuine notification: it must be recent and carry
+/// a `v1` signature made with `secret` or a `v1a` signature made with the
+/// published key it names (`key`, once looked up).
+fn verify(
+    secret: Option<&SigningSecret>,
+    key: Option<&[u8]>,
+    req: &HttpRequest,
+    body: &[u8],
+    now: i64,
+) -> Result<(), String> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -163,15 +208,40 @@ fn verify(secret: &SigningSecret, req: &HttpRequest, body: &[u8], now: i64) -> R
     if (now - timestamp).abs() > TOLERANCE_SECS {
         return Err("webhook-timestamp is outside the 5 minute tolerance".into());
     }
-    let expected = signer::sign(secret, id, timestamp, body);
-    let matches = header("webhook-signature")?.split(' ').any(|candidate| {
-        aws_lc_rs::constant_time::verify_slices_are_equal(candidate.as_bytes(), expected.as_bytes())
+    let signatures = header("webhook-signature")?;
+    let v1 = secret.is_some_and(|secret| {
+        let expected = signer::sign(secret, id, timestamp, body);
+        signatures.split(' ').any(|candidate| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                candidate.as_bytes(),
+                expected.as_bytes(),
+            )
             .is_ok()
+        })
     });
-    if matches {
+    let v1a = key.is_some_and(|public| {
+        let signed = [
+            id.as_bytes(),
+            b".",
+            timestamp.to_string().as_bytes(),
+            b".",
+            body,
+        ]
+        .concat();
+        signatures
+            .split(' ')
+            .filter_map(|candidate| candidate.strip_prefix("v1a,"))
+            .filter_map(|signature| STANDARD.decode(signature).ok())
+            .any(|signature| {
+                UnparsedPublicKey::new(&ED25519, public)
+                    .verify(&signed, &signature)
+                    .is_ok()
+            })
+    });
+    if v1 || v1a {
         Ok(())
     } else {
-        Err("no signature matches the secret".into())
+        Err("no signature matches the secret or a published key".into())
     }
 }
 
@@ -181,7 +251,15 @@ async fn receive(
     listener: web::Data<Listener>,
 ) -> HttpResponse {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if let Err(reason) = verify(&listener.secret, &req, &body, now) {
+    let kid = req
+        .headers()
+        .get("webhook-key-id")
+        .and_then(|v| v.to_str().ok());
+    let key = match kid {
+        Some(kid) => listener.published_key(kid).await,
+        None => None,
+    };
+    if let Err(reason) = verify(listener.secret.as_ref(), key.as_deref(), &req, &body, now) {
         println!("rejected {} {}: {reason}", req.method(), req.path());
         return HttpResponse::Unauthorized().body(reason);
     }
@@ -210,6 +288,41 @@ async fn receive(
 }
 
 impl Listener {
+    /// The gateway's published key `kid`: read again when unknown, so a
+    /// rotation is picked up.
+    async fn published_key(&self, kid: &str) -> Option<Vec<u8>> {
+        let url = self.gateway_keys.as_ref()?;
+        let mut keys = self.keys.lock().await;
+        if !keys.contains_key(kid) {
+            match self.read_keys(url).await {
+                Ok(read) => *keys = read,
+                Err(error) => println!("cannot read {url}: {error:#}"),
+            }
+        }
+        keys.get(kid).cloned()
+    }
+
+    async fn read_keys(&self, url: &Url) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+        let body = self
+            .http
+            .get(url.clone())
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let set: Value = serde_json::from_slice(&body)?;
+        let keys = set["keys"].as_array().context("no `keys` array")?;
+        Ok(keys
+            .iter()
+            .filter(|key| key["kty"] == "OKP" && key["crv"] == "Ed25519")
+            .filter_map(|key| {
+                let x = URL_SAFE_NO_PAD.decode(key["x"].as_str()?).ok()?;
+                Some((key["kid"].as_str()?.to_owned(), x))
+            })
+            .collect())
+    }
+
     async fn fetch(&self, url: &str) -> anyhow::Result<(u16, String)> {
         let url = Url::parse(url)?;
         let token = self.token(&url).await?;
@@ -320,13 +433,63 @@ mod tests {
         };
         let now = 1_800_000_000;
         let good = signer::sign(&secret, "evt_1", now, body);
-        assert_eq!(verify(&secret, &request(now, &good), body, now), Ok(()));
+        assert_eq!(
+            verify(Some(&secret), None, &request(now, &good), body, now),
+            Ok(())
+        );
         let rotated = format!("v1,bm90IGl0 {good}");
-        assert_eq!(verify(&secret, &request(now, &rotated), body, now), Ok(()));
-        assert!(verify(&secret, &request(now, &good), b"tampered", now).is_err());
-        assert!(verify(&SigningSecret::generate(), &request(now, &good), body, now).is_err());
+        assert_eq!(
+            verify(Some(&secret), None, &request(now, &rotated), body, now),
+            Ok(())
+        );
+        assert!(verify(Some(&secret), None, &request(now, &good), b"tampered", now).is_err());
+        assert!(
+            verify(
+                Some(&SigningSecret::generate()),
+                None,
+                &request(now, &good),
+                body,
+                now
+            )
+            .is_err()
+        );
         let stale = signer::sign(&secret, "evt_1", now - 600, body);
-        assert!(verify(&secret, &request(now - 600, &stale), body, now).is_err());
-        assert!(verify(&secret, &TestRequest::post().to_http_request(), body, now).is_err());
+        assert!(verify(Some(&secret), None, &request(now - 600, &stale), body, now).is_err());
+        assert!(
+            verify(
+                Some(&secret),
+                None,
+                &TestRequest::post().to_http_request(),
+                body,
+                now
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_v1a_signature_verifies_with_the_published_key_it_names() {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+
+        let generate = || {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+            Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+        };
+        let pair = generate();
+        let public = pair.public_key().as_ref().to_vec();
+        let key = crate::delivery::webhook_keys::WebhookKey::from_pair(pair);
+        let other = generate().public_key().as_ref().to_vec();
+        let body = br#"{"id":"evt_1"}"#;
+        let now = 1_800_000_000;
+        let request = TestRequest::post()
+            .insert_header(("webhook-id", "evt_1"))
+            .insert_header(("webhook-timestamp", now.to_string()))
+            .insert_header(("webhook-signature", key.sign("evt_1", now, body)))
+            .to_http_request();
+        assert_eq!(verify(None, Some(&public), &request, body, now), Ok(()));
+        assert!(verify(None, Some(&other), &request, body, now).is_err());
+        assert!(verify(None, Some(&public), &request, b"tampered", now).is_err());
+        assert!(verify(None, None, &request, body, now).is_err());
     }
 }

@@ -62,6 +62,9 @@ enum SecretsVia {
     Flags,
     Environment,
     Files,
+    /// No webhook secret: a `v1a` subscription, verified with the keys the
+    /// gateway publishes.
+    PublishedKeys,
 }
 
 /// A running `thinhook listen`, the lines it prints, and its secret files.
@@ -76,8 +79,12 @@ struct Listening {
 /// secrets (the subscription's and the app user's) passed `via`.
 async fn start_listen(app: &TestApp, via: SecretsVia, extra: &[&str]) -> Listening {
     let port = free_port();
+    let scheme = match via {
+        SecretsVia::PublishedKeys => "v1a",
+        _ => "v1",
+    };
     let created: Value = app
-        .post_json("/subscriptions", &json!({"url": format!("http://127.0.0.1:{port}/"), "event_types": ["comment.created"]}))
+        .post_json("/subscriptions", &json!({"url": format!("http://127.0.0.1:{port}/"), "event_types": ["comment.created"], "signature_scheme": scheme}))
         .await
         .json()
         .await
@@ -109,6 +116,10 @@ async fn start_listen(app: &TestApp, via: SecretsVia, extra: &[&str]) -> Listeni
             command.args(["--client-id", &app.user.id]);
             command.arg("--secret-file").arg(&webhook);
             command.arg("--client-secret-file").arg(&client);
+        }
+        SecretsVia::PublishedKeys => {
+            command.args(["--gateway", &app.address, "--client-id", &app.user.id]);
+            command.args(["--client-secret", &app.user.secret]);
         }
     }
     let mut child = command.spawn().unwrap();
@@ -174,6 +185,11 @@ backend_tests! {
 
     async fn listen_takes_its_secrets_from_files(app: &TestApp) {
         let listening = start_listen(app, SecretsVia::Files, &[]).await;
+        deliver_one(app, &listening, "fetched by listen").await;
+    }
+
+    async fn listen_verifies_v1a_with_the_gateways_published_keys(app: &TestApp) {
+        let listening = start_listen(app, SecretsVia::PublishedKeys, &[]).await;
         deliver_one(app, &listening, "fetched by listen").await;
     }
 }
