@@ -55,6 +55,15 @@ pub enum ApiError {
     /// The resource is not in a state that allows this.
     #[error("{0}")]
     Conflict(String),
+    /// A request with this `Idempotency-Key` is still running.
+    #[error(
+        "a request with this `Idempotency-Key` is still being processed; retry once it has \
+         finished to get its response"
+    )]
+    IdempotencyKeyInFlight,
+    /// The `Idempotency-Key` was used for another request.
+    #[error("{0}")]
+    IdempotencyKeyMismatch(String),
     /// The caller's rate limit is spent.
     #[error("too many requests: at most {} per second (bursts of {}); retry after {retry_after_secs} s", policy.rate, policy.burst)]
     RateLimited {
@@ -98,6 +107,8 @@ impl ApiError {
             Self::RateLimited { .. } => "rate-limited",
             Self::QuotaExceeded(_) => "quota-exceeded",
             Self::Conflict(_) => "conflict",
+            Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
+            Self::IdempotencyKeyMismatch(_) => "idempotency-key-mismatch",
             Self::Unavailable(_) => "service-unavailable",
             Self::Internal(_) => "internal-error",
         }
@@ -118,6 +129,8 @@ impl ApiError {
             Self::RateLimited { .. } => "Too many requests",
             Self::QuotaExceeded(_) => "Quota exceeded",
             Self::Conflict(_) => "Conflict",
+            Self::IdempotencyKeyInFlight => "Request in flight",
+            Self::IdempotencyKeyMismatch(_) => "Idempotency key reused",
             Self::Unavailable(_) => "Service unavailable",
             Self::Internal(_) => "Internal server error",
         }
@@ -137,7 +150,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::MalformedJson(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_) | Self::IdempotencyKeyMismatch(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -146,7 +161,9 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::QuotaExceeded(_) | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::QuotaExceeded(_) | Self::Conflict(_) | Self::IdempotencyKeyInFlight => {
+                StatusCode::CONFLICT
+            }
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -164,7 +181,7 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         match self {
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::IdempotencyKeyInFlight => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::MethodNotAllowed { allow, .. } => {
@@ -206,7 +223,10 @@ impl ResponseError for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
-        if error.is_transient() {
+        if crate::db::idempotency::is_key_taken(&error) {
+            // Another process stored the key first: its request was in flight.
+            Self::IdempotencyKeyInFlight
+        } else if error.is_transient() {
             Self::Unavailable(error.into())
         } else {
             Self::Internal(error.into())
@@ -251,6 +271,30 @@ mod tests {
             ApiError::from(bad).status_code(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[test]
+    fn a_key_another_process_stored_first_is_a_409_and_other_duplicates_a_500() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let duplicate = |message: &str| {
+            DbError::Query(Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new(message.to_owned()),
+            ))
+        };
+        for taken in [
+            "UNIQUE constraint failed: idempotency_keys.client_id, idempotency_keys.route, \
+             idempotency_keys.idempotency_key",
+            "duplicate key value violates unique constraint \"idempotency_keys_pkey\"",
+        ] {
+            let error = ApiError::from(duplicate(taken));
+            assert_eq!(error.code(), "idempotency-key-in-flight");
+            assert_eq!(error.status_code(), StatusCode::CONFLICT);
+            let response = error.error_response();
+            assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        }
+        let other = ApiError::from(duplicate("UNIQUE constraint failed: comments.id"));
+        assert_eq!(other.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Event retention: events older than the retention period are removed, with
-//! their deliveries and attempts, by a background task.
+//! Retention, by a background task: events older than the retention period
+//! are removed with their deliveries and attempts, and the responses stored
+//! under `Idempotency-Key`s once their keys have expired (24 h).
 
 use std::time::Duration;
 
+use diesel::QueryResult;
 use tokio::sync::watch;
 
 use crate::clock::{SharedClock, to_db};
 use crate::db::writer::Writer;
-use crate::db::{DbError, events};
+use crate::db::{DbConnection, DbError, events, idempotency};
 
 const BATCH: i64 = 1_000;
 
@@ -19,11 +21,27 @@ pub async fn prune_expired(
     retention: Duration,
 ) -> Result<usize, DbError> {
     let before = to_db(clock.now_utc() - retention);
+    in_batches(writer, move |conn| events::prune(conn, before, BATCH)).await
+}
+
+/// Removes the responses stored under keys older than
+/// [`idempotency::TTL`]; returns how many. (Lookups already ignore them.)
+pub async fn prune_idempotency_keys(
+    writer: &Writer,
+    clock: &SharedClock,
+) -> Result<usize, DbError> {
+    let before = to_db(clock.now_utc() - idempotency::TTL);
+    in_batches(writer, move |conn| idempotency::prune(conn, before, BATCH)).await
+}
+
+/// Runs `prune` through the writer until a run removes less than a batch.
+async fn in_batches<F>(writer: &Writer, prune: F) -> Result<usize, DbError>
+where
+    F: Fn(&mut DbConnection) -> QueryResult<usize> + Clone + Send + 'static,
+{
     let mut removed = 0;
     loop {
-        let batch = writer
-            .run(move |conn| events::prune(conn, before, BATCH))
-            .await?;
+        let batch = writer.run(prune.clone()).await?;
         removed += batch;
         if batch < BATCH as usize {
             return Ok(removed);
@@ -40,17 +58,25 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        match prune_expired(&writer, &clock, retention).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "pruned expired events"),
-            Err(error) => tracing::error!(
-                error = format!("{:#}", anyhow::Error::from(error)),
-                "cannot prune expired events"
-            ),
-        }
+        report("events", prune_expired(&writer, &clock, retention).await);
+        report(
+            "idempotency keys",
+            prune_idempotency_keys(&writer, &clock).await,
+        );
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+fn report(what: &str, pruned: Result<usize, DbError>) {
+    match pruned {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "pruned expired {what}"),
+        Err(error) => tracing::error!(
+            error = format!("{:#}", anyhow::Error::from(error)),
+            "cannot prune expired {what}"
+        ),
     }
 }

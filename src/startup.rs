@@ -270,6 +270,7 @@ impl Application {
                         },
                         keys: webhook_keys,
                     },
+                    in_flight: Arc::default(),
                 });
                 let max_body_bytes = settings.max_body_bytes;
                 let authenticator_data = authenticator.clone();

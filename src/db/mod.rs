@@ -41,6 +41,7 @@ pub mod clients;
 pub mod deliveries;
 pub mod events;
 pub mod fixed;
+pub mod idempotency;
 pub mod messages;
 pub mod models;
 pub mod outbox;

@@ -7,7 +7,8 @@ use diesel::prelude::*;
 use time::PrimitiveDateTime;
 
 use super::schema::{
-    clients, comments, deliveries, delivery_attempts, events, messages, signing_keys, subscriptions,
+    clients, comments, deliveries, delivery_attempts, events, idempotency_keys, messages,
+    signing_keys, subscriptions,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -171,4 +172,33 @@ pub struct AttemptRow {
     pub status_code: Option<i32>,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
+}
+
+/// The response the first request with an `Idempotency-Key` got.
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = idempotency_keys, treat_none_as_default_value = false)]
+pub struct IdempotencyRow {
+    pub client_id: String,
+    /// Method and route pattern: `POST /messages/{messageId}/comments`.
+    pub route: String,
+    pub idempotency_key: String,
+    /// SHA-256 (hex) of the request's method, path and body.
+    pub fingerprint: String,
+    pub status: i32,
+    pub location: Option<String>,
+    pub content_type: String,
+    /// Sealed; see `crate::secret_box` (a new subscription's body holds its secret).
+    pub body: String,
+    pub created_at: PrimitiveDateTime,
+}
+
+impl std::fmt::Debug for IdempotencyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyRow")
+            .field("client_id", &self.client_id)
+            .field("route", &self.route)
+            .field("status", &self.status)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
 }

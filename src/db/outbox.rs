@@ -18,7 +18,7 @@ use super::deliveries::{self, Leased};
 use super::fixed::{Bind, Fixed};
 use super::models::{CommentRow, DeliveryRow, EventRow, MessageRow, SubscriptionRow};
 use super::schema::{comments, events, messages};
-use super::{DbConnection, queue, subscriptions};
+use super::{DbConnection, idempotency, queue, subscriptions};
 use crate::domain::{DeliveryId, EventId, EventType};
 
 /// A resource to create, and where it will be found.
@@ -29,6 +29,9 @@ pub struct Publication {
     pub resource_path: String,
     /// The trace of the request that created it, passed on to its webhooks.
     pub traceparent: Option<String>,
+    /// The response to store under the request's `Idempotency-Key`, with
+    /// the resource: only if the resource is written.
+    pub idempotency: Option<idempotency::Record>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +135,12 @@ pub fn publish_all(
         })
         .collect();
     insert_many!(&mut *conn, comments::table, &new_comments);
+    // Before the feed counter: on PostgreSQL a key another process is
+    // storing makes this wait for its commit, which must not hold the counter.
+    idempotency::store_all(
+        conn,
+        accepted.iter().filter_map(|item| item.idempotency.as_ref()),
+    )?;
 
     let mut event_rows: Vec<EventRow> = accepted
         .iter()

@@ -81,6 +81,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (client_id, route, idempotency_key) {
+        client_id -> Text,
+        route -> Text,
+        idempotency_key -> Text,
+        fingerprint -> Text,
+        status -> Integer,
+        location -> Nullable<Text>,
+        content_type -> Text,
+        body -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     messages (id) {
         id -> Text,
         text -> Text,
@@ -142,6 +156,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     feed_retention,
     feed_state,
+    idempotency_keys,
     messages,
     signing_keys,
     subscriptions,

@@ -2,6 +2,7 @@
 
 pub mod cursor;
 pub mod event_type;
+pub mod idempotency_key;
 pub mod ids;
 pub mod page;
 pub mod signing_secret;
@@ -10,6 +11,7 @@ pub mod webhook_url;
 
 pub use cursor::Cursor;
 pub use event_type::{EventType, EventTypes};
+pub use idempotency_key::IdempotencyKey;
 pub use ids::{
     ClientId, CommentId, DeliveryId, EventId, MessageId, RequestId, SubscriptionId, TokenId,
 };

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::idempotency::{self, Begun, Idempotent};
 use super::pagination::{Page, PageParams};
 use super::subscriptions::{self, CreatedSubscription, NewSubscription};
 use super::{AppState, Links, protected, resource};
@@ -127,15 +128,19 @@ struct CreatedMessage {
 async fn create_message(
     caller: Caller<MessagesWrite>,
     state: web::Data<AppState>,
-    body: web::Json<CreateMessage>,
+    body: Idempotent<CreateMessage>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let Idempotent { body, key } = body;
     if body.new_comment_webhook.is_some() {
         // It creates a subscription: the scope that manages them is needed
         // as well as the one that posts.
         caller.require(Scope::SubscriptionsManage)?;
     }
+    let once = match idempotency::begin(&state, &caller.client_id, key).await? {
+        Begun::Run(once) => once,
+        Begun::Replay(response) => return Ok(response),
+    };
     let text = parse_text("text", body.text)?;
     let id = MessageId::generate();
     let subscription = match &body.new_comment_webhook {
@@ -164,24 +169,28 @@ async fn create_message(
         last_sequence: 0,
     };
     let resource_path = Links::message_path(&id);
-    let location = state.links.absolute(&resource_path);
+    let subscription_row = subscription.as_ref().map(|s| Box::new(s.row.clone()));
+    let (created, idempotency) = once.created(
+        &state,
+        state.links.absolute(&resource_path),
+        &CreatedMessage {
+            message: row.clone().into(),
+            subscription: subscription.map(NewSubscription::into_response),
+        },
+    )?;
     state
         .writer
         .publish(Publication {
             resource: Resource::Message {
-                row: row.clone(),
-                subscription: subscription.as_ref().map(|s| Box::new(s.row.clone())),
+                row,
+                subscription: subscription_row,
             },
             resource_path,
             traceparent: Some(TraceParent::of_request(&req).to_string()),
+            idempotency,
         })
         .await?;
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, location))
-        .json(CreatedMessage {
-            message: row.into(),
-            subscription: subscription.map(NewSubscription::into_response),
-        }))
+    Ok(created)
 }
 
 /// Whether the caller may add a subscription to a new message. Read before
@@ -227,11 +236,15 @@ async fn create_comment(
     caller: Caller<MessagesWrite>,
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
-    body: web::Json<CreateComment>,
+    body: Idempotent<CreateComment>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let message_id = path.into_inner().message_id;
-    let text = parse_text("text", body.into_inner().text)?;
+    let once = match idempotency::begin(&state, &caller.client_id, body.key).await? {
+        Begun::Run(once) => once,
+        Begun::Replay(response) => return Ok(response),
+    };
+    let text = parse_text("text", body.body.text)?;
     let comment_id = CommentId::generate();
     let now = clock::db_now(&*state.clock);
     let row = CommentRow {
@@ -242,20 +255,24 @@ async fn create_comment(
         author_client_id: Some(caller.client_id.to_string()),
     };
     let resource_path = Links::comment_path(&message_id, &comment_id);
-    let location = state.links.absolute(&resource_path);
-    // The comment, its event and its deliveries commit together or not at all.
+    let (created, idempotency) = once.created(
+        &state,
+        state.links.absolute(&resource_path),
+        &Comment::from(row.clone()),
+    )?;
+    // The comment, its event, its deliveries and the response stored under
+    // its key commit together or not at all.
     state
         .writer
         .publish(Publication {
-            resource: Resource::Comment(row.clone()),
+            resource: Resource::Comment(row),
             resource_path,
             traceparent: Some(TraceParent::of_request(&req).to_string()),
+            idempotency,
         })
         .await?
         .ok_or_else(|| ApiError::not_found("message", &message_id))?;
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, location))
-        .json(Comment::from(row)))
+    Ok(created)
 }
 
 /// The fetch endpoint a webhook links to. A fetch by a client whose

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod health;
+pub mod idempotency;
 pub mod limits;
 pub mod messages;
 pub mod metrics;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub links: Links,
     pub clock: SharedClock,
     pub webhooks: Webhooks,
+    /// Requests with an `Idempotency-Key` running in this process.
+    pub in_flight: Arc<idempotency::InFlight>,
 }
 
 /// What the API needs to register webhooks and hand events to the dispatcher.

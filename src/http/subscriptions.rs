@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::idempotency::{self, Begun, Idempotent};
 use super::pagination::{Page, PageParams};
 use super::{AppState, protected, resource};
 use crate::auth::{Caller, Scope, SubscriptionsManage};
@@ -244,14 +245,18 @@ fn not_found(id: &SubscriptionId) -> ApiError {
 async fn create(
     caller: Caller<SubscriptionsManage>,
     state: web::Data<AppState>,
-    body: web::Json<CreateSubscription>,
+    body: Idempotent<CreateSubscription>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let Idempotent { body, key } = body;
     if body.message_id.is_none() {
         // Without a message filter it is sent every matching event's id and
         // time: the event feed, pushed, so it needs the feed's scope too.
         caller.require(Scope::EventsRead)?;
     }
+    let once = match idempotency::begin(&state, &caller.client_id, key).await? {
+        Begun::Run(once) => once,
+        Begun::Replay(response) => return Ok(response),
+    };
     let event_types = parse_event_types(&body.event_types)?;
     let message_id = body
         .message_id
@@ -279,6 +284,8 @@ async fn create(
         signature_scheme,
     );
     let row = new.row.clone();
+    let location = state.links.absolute(&format!("/subscriptions/{}", row.id));
+    let (created, stored) = once.created(&state, location, &new.into_response())?;
     let quota = state.webhooks.quota;
     // Counted and inserted by the one writer, so concurrent requests of this
     // process cannot pass the quota together.
@@ -297,15 +304,11 @@ async fn create(
                 return Ok(Err(ApiError::QuotaExceeded(refusal)));
             }
             repo::insert(conn, &row)?;
+            crate::db::idempotency::store_all(conn, &stored)?;
             Ok(Ok(()))
         })
         .await??;
-    let location = state
-        .links
-        .absolute(&format!("/subscriptions/{}", new.row.id));
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, location))
-        .json(new.into_response()))
+    Ok(created)
 }
 
 async fn list(

@@ -79,6 +79,7 @@ fn comment_on(app: &TestApp, message_id: &str, comment_id: &str) -> Publication 
         }),
         resource_path: format!("/messages/{message_id}/comments/{comment_id}"),
         traceparent: None,
+        idempotency: None,
     }
 }
 

@@ -68,6 +68,20 @@ backend_tests! {
                      AND next_attempt_at <= '2026-11-29 00:00:00' ORDER BY next_attempt_at, id LIMIT 10",
                     &["deliveries_due"][..],
                 ),
+                (
+                    "SELECT * FROM idempotency_keys WHERE client_id = 'cli_x' AND route = 'POST /messages' \
+                     AND idempotency_key = 'k'",
+                    &[if matches!(conn, DbConnection::Sqlite(_)) {
+                        "sqlite_autoindex_idempotency_keys_1"
+                    } else {
+                        "idempotency_keys_pkey"
+                    }][..],
+                ),
+                (
+                    "SELECT created_at FROM idempotency_keys WHERE created_at < '2026-11-29 00:00:00' \
+                     ORDER BY created_at LIMIT 1 OFFSET 999",
+                    &["idempotency_keys_by_age"][..],
+                ),
             ];
             for (sql, indexes) in checks {
                 let plan = plan(&mut conn, sql);

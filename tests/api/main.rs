@@ -21,6 +21,7 @@ mod errors;
 mod events;
 mod fetch;
 mod health;
+mod idempotency;
 mod lifecycle;
 mod limits;
 mod listen;
