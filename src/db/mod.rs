@@ -681,7 +681,11 @@ impl Database {
         let backend = options.url.backend();
         let pool = Pool::builder()
             .max_size(settings.pool_size)
-            .min_idle(Some(1))
+            // No spare connection opened in the background: a process that
+            // exits while a pool thread is still opening one over TLS dies
+            // with SIGSEGV in OpenSSL's exit-time clean-up. Connections are
+            // opened when asked for, and kept while in use.
+            .min_idle(Some(0))
             // A broken connection shows as a failed query; a `SELECT 1` on
             // every checkout would cost every request a round trip.
             .test_on_check_out(false)
