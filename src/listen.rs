@@ -220,14 +220,7 @@ fn verify(
         })
     });
     let v1a = key.is_some_and(|public| {
-        let signed = [
-            id.as_bytes(),
-            b".",
-            timestamp.to_string().as_bytes(),
-            b".",
-            body,
-        ]
-        .concat();
+        let signed = signer::signed_content(id, timestamp, body);
         signatures
             .split(' ')
             .filter_map(|candidate| candidate.strip_prefix("v1a,"))

@@ -66,17 +66,7 @@ impl SigningKey {
     /// Opens a stored key: sealed with the secrets key (bound to its kid),
     /// or, for rows written before keys were sealed, plain base64.
     pub fn from_row(row: &SigningKeyRow, secrets: &SecretBox) -> anyhow::Result<Self> {
-        let encoded = if row.private_key.starts_with("v1:") {
-            secrets
-                .open(&row.private_key, &row.kid)
-                .context("cannot open the stored signing key")?
-        } else {
-            row.private_key.clone()
-        };
-        let pkcs8 = STANDARD
-            .decode(encoded)
-            .context("stored signing key is not base64")?;
-        Self::from_pkcs8(&pkcs8)
+        Self::from_pkcs8(&stored_pkcs8(row, secrets)?)
     }
 
     /// Loads a PKCS#8 `PRIVATE KEY` PEM file (as `openssl genpkey -algorithm ed25519` writes).
@@ -94,6 +84,22 @@ impl SigningKey {
             .with_context(|| format!("{} holds no PEM `PRIVATE KEY` block", path.display()))?;
         Self::from_pkcs8(&der).with_context(|| format!("invalid signing key in {}", path.display()))
     }
+}
+
+/// The PKCS#8 document of a stored key (of either purpose): sealed with the
+/// secrets key (bound to its kid), or, for rows written before keys were
+/// sealed, plain base64.
+pub fn stored_pkcs8(row: &SigningKeyRow, secrets: &SecretBox) -> anyhow::Result<Vec<u8>> {
+    let encoded = if row.private_key.starts_with("v1:") {
+        secrets
+            .open(&row.private_key, &row.kid)
+            .context("cannot open the stored signing key")?
+    } else {
+        row.private_key.clone()
+    };
+    STANDARD
+        .decode(encoded)
+        .context("stored signing key is not base64")
 }
 
 /// RFC 7638 thumbprint of an Ed25519 public key: a stable, content-derived `kid`.

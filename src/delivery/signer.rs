@@ -18,6 +18,18 @@ pub fn sign(secret: &SigningSecret, id: &str, timestamp: i64, body: &[u8]) -> St
     format!("v1,{}", STANDARD.encode(context.sign().as_ref()))
 }
 
+/// What both schemes sign: `id.timestamp.body`.
+pub fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    [
+        id.as_bytes(),
+        b".",
+        timestamp.to_string().as_bytes(),
+        b".",
+        body,
+    ]
+    .concat()
+}
+
 /// The `webhook-signature` header value: one signature per secret,
 /// space-separated (two while a rotated secret's overlap lasts).
 pub fn signature_header<'a>(

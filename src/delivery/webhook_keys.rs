@@ -13,8 +13,9 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
-use crate::auth::keys::{Jwk, thumbprint};
+use crate::auth::keys::{Jwk, stored_pkcs8, thumbprint};
 use crate::clock::{SharedClock, to_db};
+use crate::db::models::SigningKeyRow;
 use crate::db::signing_keys::{self, Purpose};
 use crate::db::{Database, DbError};
 use crate::secret_box::SecretBox;
@@ -44,12 +45,7 @@ impl WebhookKey {
 
     /// The `v1a,…` signature of one message: Ed25519 over `id.timestamp.body`.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut signed = Vec::with_capacity(id.len() + body.len() + 24);
-        signed.extend_from_slice(id.as_bytes());
-        signed.push(b'.');
-        signed.extend_from_slice(timestamp.to_string().as_bytes());
-        signed.push(b'.');
-        signed.extend_from_slice(body);
+        let signed = super::signer::signed_content(id, timestamp, body);
         format!("v1a,{}", STANDARD.encode(self.pair.sign(&signed).as_ref()))
     }
 }
@@ -121,7 +117,7 @@ impl WebhookKeys {
             .map(|(key, _)| key.clone());
         let key = match unchanged {
             Some(key) => key,
-            None => Arc::new(open(&row.private_key, &row.kid, &self.secrets)?),
+            None => Arc::new(open(&row, &self.secrets)?),
         };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((key.clone(), now));
         Ok(key)
@@ -142,12 +138,9 @@ impl WebhookKeys {
     }
 }
 
-/// Opens a stored key: its PKCS#8 document sealed with the secrets key,
-/// bound to its kid.
-fn open(sealed: &str, kid: &str, secrets: &SecretBox) -> anyhow::Result<WebhookKey> {
-    let pkcs8 = STANDARD
-        .decode(secrets.open(sealed, kid)?)
-        .context("the stored webhook key is not base64")?;
+/// Opens a stored key.
+fn open(row: &SigningKeyRow, secrets: &SecretBox) -> anyhow::Result<WebhookKey> {
+    let pkcs8 = stored_pkcs8(row, secrets)?;
     let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
         .map_err(|e| anyhow::anyhow!("the stored webhook key is not Ed25519: {e}"))?;
     Ok(WebhookKey::from_pair(pair))

@@ -57,7 +57,7 @@ backend_tests_with_backend! {
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::listen::free_port();
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
         let mut gateway = gateway_process(&app, port);

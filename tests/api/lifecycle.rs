@@ -44,11 +44,7 @@ fn a_misspelt_log_level_stops_start_up_instead_of_logging_nothing() {
 #[test]
 fn the_start_up_log_names_what_the_gateway_runs_on_and_hints_at_the_first_client() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::listen::free_port();
     let mut child = thinhook()
         .arg("serve")
         .current_dir(dir.path())
@@ -103,11 +99,7 @@ fn the_start_up_log_names_what_the_gateway_runs_on_and_hints_at_the_first_client
 #[test]
 fn serve_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::listen::free_port();
     let mut child = thinhook()
         .arg("serve")
         .current_dir(dir.path())
@@ -226,11 +218,7 @@ async fn healthcheck_asks_the_gateways_readyz() {
     let ready = check(app.address.trim_start_matches("http://").to_owned()).await;
     assert!(ready.status.success(), "{ready:?}");
     // Nothing listens on the port of a socket just closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::listen::free_port();
     let down = check(format!("0.0.0.0:{port}")).await;
     assert_eq!(down.status.code(), Some(1), "{down:?}");
     let stderr = String::from_utf8(down.stderr).unwrap();
