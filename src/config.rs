@@ -129,6 +129,9 @@ pub struct DeliverySettings {
     pub poll_interval_ms: u64,
     /// Bytes of each response body kept in the delivery log.
     pub max_response_bytes: usize,
+    /// Requests per minute asked for in the CloudEvents handshake
+    /// (`WebHook-Request-Rate`); 0: none asked, the receiver's rate applies.
+    pub handshake_request_rate: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,6 +277,7 @@ impl Default for DeliverySettings {
             max_held: 20_000,
             poll_interval_ms: 1000,
             max_response_bytes: 4096,
+            handshake_request_rate: 0,
         }
     }
 }

@@ -137,7 +137,8 @@ impl Metrics {
         registry.register(
             "deliveries_queued",
             "Deliveries not yet finished: due (waiting for a dispatcher), leased (being \
-             attempted), waiting (for a retry), held (their subscription is disabled)",
+             attempted), waiting (for a retry), held (their subscription is disabled or \
+             awaits the receiver's CloudEvents consent)",
             metrics.queued.clone(),
         );
         registry.register_with_unit(
@@ -148,7 +149,8 @@ impl Metrics {
         );
         registry.register(
             "subscriptions",
-            "Subscriptions by state (enabled, disabled)",
+            "Subscriptions by state (enabled, disabled, unverified: awaiting the receiver's \
+             CloudEvents consent)",
             metrics.subscriptions.clone(),
         );
         registry.register(
@@ -245,7 +247,15 @@ impl Metrics {
     }
 }
 
-const STATES: [&str; 6] = ["due", "leased", "waiting", "held", "enabled", "disabled"];
+const STATES: [&str; 7] = [
+    "due",
+    "leased",
+    "waiting",
+    "held",
+    "enabled",
+    "disabled",
+    "unverified",
+];
 
 #[derive(Debug, QueryableByName)]
 struct StateCount {
@@ -268,7 +278,7 @@ fn queue_state(
 ) -> diesel::QueryResult<Vec<StateCount>> {
     Fixed::new(
         "SELECT 'deliveries' AS kind,
-                CASE WHEN s.enabled = 0 THEN 'held'
+                CASE WHEN s.enabled = 0 OR s.verification IN ('pending', 'refused') THEN 'held'
                      WHEN d.locked_until IS NOT NULL AND d.locked_until > ? THEN 'leased'
                      WHEN d.next_attempt_at <= ? THEN 'due'
                      ELSE 'waiting' END AS state,
@@ -279,7 +289,9 @@ fn queue_state(
          GROUP BY 2
          UNION ALL
          SELECT 'subscriptions' AS kind,
-                CASE WHEN enabled = 0 THEN 'disabled' ELSE 'enabled' END AS state,
+                CASE WHEN enabled = 0 THEN 'disabled'
+                     WHEN verification IN ('pending', 'refused') THEN 'unverified'
+                     ELSE 'enabled' END AS state,
                 COUNT(*) AS count,
                 NULL AS oldest
          FROM subscriptions

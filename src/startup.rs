@@ -27,6 +27,7 @@ use crate::db::{Database, DatabaseUrl};
 use crate::delivery::attempt::Attempter;
 use crate::delivery::client::{ClientSettings, WebhookClient};
 use crate::delivery::dispatcher::{self, DispatchSettings, Dispatcher};
+use crate::delivery::handshake::Handshaker;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::ssrf::{Cidr, EgressPolicy, Guard, Resolver, SystemResolver};
 use crate::delivery::webhook_keys::WebhookKeys;
@@ -205,6 +206,12 @@ impl Application {
             clock.clone(),
             Duration::from_secs(delivery.secret_overlap_secs),
         ));
+        let handshaker = Arc::new(Handshaker::new(
+            client.clone(),
+            &public_base_url,
+            (delivery.handshake_request_rate > 0).then_some(delivery.handshake_request_rate),
+            lease,
+        ));
         let dispatcher = Arc::new(Dispatcher::new(dispatcher::Parts {
             writer: writer.clone(),
             attempter: Attempter {
@@ -223,6 +230,7 @@ impl Application {
                 endpoints: Arc::default(),
                 metrics: metrics.clone(),
                 webhook_keys: webhook_keys.clone(),
+                origin: handshaker.origin().into(),
             },
             backend: db.backend(),
             settings: DispatchSettings {
@@ -240,6 +248,7 @@ impl Application {
             wake: wake.clone(),
             capacity,
             handoffs,
+            handshaker: handshaker.clone(),
         }));
 
         let (server, revocations, authenticator) = match listener {
@@ -269,6 +278,7 @@ impl Application {
                             per_event: settings.limits.max_subscriptions_per_event,
                         },
                         keys: webhook_keys,
+                        handshaker,
                     },
                     in_flight: Arc::default(),
                 });

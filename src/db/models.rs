@@ -96,6 +96,19 @@ pub struct SubscriptionRow {
     pub updated_at: PrimitiveDateTime,
     /// `v1`, `v1a` or `v1 v1a`: which Standard Webhooks signatures it gets.
     pub signature_scheme: String,
+    /// See [`Format`]; stored as its name.
+    pub format: String,
+    /// See [`Verification`]; stored as its name.
+    pub verification: String,
+    /// When a pending handshake is (next) asked.
+    pub verification_due_at: Option<PrimitiveDateTime>,
+    /// Handshakes asked without an answer since it became pending.
+    pub verification_attempts: i32,
+    /// Why the last handshake did not verify it.
+    pub verification_error: Option<String>,
+    pub verified_at: Option<PrimitiveDateTime>,
+    /// Requests per minute the receiver allowed; `None`: no limit.
+    pub allowed_rate: Option<i32>,
 }
 
 impl SubscriptionRow {
@@ -111,6 +124,87 @@ impl SubscriptionRow {
 
     pub fn is_enabled(&self) -> bool {
         self.enabled != 0
+    }
+
+    pub fn format(&self) -> Format {
+        Format::parse(&self.format).unwrap_or_default()
+    }
+
+    /// Whether its deliveries may be attempted: enabled, and verified if
+    /// its format asks for the handshake.
+    pub fn is_deliverable(&self) -> bool {
+        self.is_enabled() && Verification::allows_delivery(&self.verification)
+    }
+}
+
+/// The shape of a subscription's webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// The thin JSON body, signed per Standard Webhooks.
+    #[default]
+    StandardWebhooks,
+    /// A CloudEvent, structured mode (`application/cloudevents+json`).
+    CloudEvents,
+    /// A CloudEvent, binary mode: attributes in `ce-` headers, the data as the body.
+    CloudEventsBinary,
+}
+
+impl Format {
+    pub const NAMES: [&str; 3] = ["standard-webhooks", "cloudevents", "cloudevents-binary"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "standard-webhooks" => Some(Self::StandardWebhooks),
+            "cloudevents" => Some(Self::CloudEvents),
+            "cloudevents-binary" => Some(Self::CloudEventsBinary),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// CloudEvents receivers consent first (the abuse-protection handshake).
+    pub fn needs_handshake(self) -> bool {
+        self != Self::StandardWebhooks
+    }
+
+    /// The verification a subscription of this format starts with.
+    pub fn initial_verification(self) -> Verification {
+        match self.needs_handshake() {
+            true => Verification::Pending,
+            false => Verification::NotRequired,
+        }
+    }
+}
+
+/// Where a subscription stands in the CloudEvents abuse-protection handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Standard Webhooks: no handshake.
+    NotRequired,
+    /// To ask (again); its deliveries are held meanwhile.
+    Pending,
+    /// The receiver consented.
+    Verified,
+    /// The receiver answered without consent; held until re-verified on request.
+    Refused,
+}
+
+impl Verification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotRequired => "not_required",
+            Self::Pending => "pending",
+            Self::Verified => "verified",
+            Self::Refused => "refused",
+        }
+    }
+
+    /// Whether a subscription in this (stored) state may be delivered to.
+    pub fn allows_delivery(stored: &str) -> bool {
+        stored == Self::NotRequired.as_str() || stored == Self::Verified.as_str()
     }
 }
 

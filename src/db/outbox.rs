@@ -194,7 +194,11 @@ pub fn publish_all(
         let event = Arc::new(event);
         for subscription in subscriptions {
             let id = DeliveryId::generate().to_string();
-            let lease_until = leases.take(&subscription.id);
+            // Held (not leased) while the receiver's consent is awaited.
+            let lease_until = subscription
+                .is_deliverable()
+                .then(|| leases.take(&subscription.id))
+                .flatten();
             if lease_until.is_some() {
                 leased.push(Leased {
                     delivery_id: id.clone(),

@@ -247,7 +247,8 @@ struct WindowEnd {
 /// Higher than every id (ids are ASCII letters, digits and `_`).
 const END: &str = "~";
 
-/// Due deliveries of the enabled subscriptions in `(after, upto]`, oldest
+/// Due deliveries of the deliverable subscriptions (enabled, and verified
+/// if they need to be) in `(after, upto]`, oldest
 /// first per subscription, as many per subscription as its room allows (at
 /// most `cap`). The subscriptions are visited in id order and the rows
 /// streamed, so that the claim stops at `batch` rows without looking at the
@@ -270,7 +271,8 @@ const CANDIDATES: &str = "
                  WHERE h.subscription_id = s.id AND h.locked_until IS NOT NULL
                    AND h.locked_until > {now} AND h.locked_by <> {worker}) AS others
             FROM subscriptions s
-            WHERE s.enabled = 1 AND s.id > {after} AND s.id <= {upto}
+            WHERE s.enabled = 1 AND s.verification IN ('not_required', 'verified')
+              AND s.id > {after} AND s.id <= {upto}
         ) counted
         WHERE (others = 0 AND mine < {sole}) OR mine + others < {per_subscription}
         ORDER BY id
@@ -313,9 +315,11 @@ fn candidates_sql(placeholder: impl Fn(usize) -> String, join: &str, leased: &st
         .replace("{sole}", &placeholder(8))
 }
 
-/// The id of the `window`-th enabled subscription after `after`, or [`END`].
+/// The id of the `window`-th deliverable subscription after `after`, or [`END`].
 fn window_end(conn: &mut DbConnection, after: &str, window: i64) -> QueryResult<String> {
-    const SQL: &str = "SELECT (SELECT id FROM subscriptions WHERE enabled = 1 AND id > {after}
+    const SQL: &str = "SELECT (SELECT id FROM subscriptions
+                       WHERE enabled = 1 AND verification IN ('not_required', 'verified')
+                         AND id > {after}
                        ORDER BY id LIMIT 1 OFFSET {skip}) AS id";
     macro_rules! run {
         ($conn:expr, $placeholder:expr) => {

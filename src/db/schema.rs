@@ -132,6 +132,13 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         signature_scheme -> Text,
+        format -> Text,
+        verification -> Text,
+        verification_due_at -> Nullable<Timestamp>,
+        verification_attempts -> Integer,
+        verification_error -> Nullable<Text>,
+        verified_at -> Nullable<Timestamp>,
+        allowed_rate -> Nullable<Integer>,
     }
 }
 

@@ -10,7 +10,7 @@ use time::PrimitiveDateTime;
 use super::DbConnection;
 use super::deliveries::Verdict;
 use super::fixed::{Bind, Fixed};
-use super::models::SubscriptionRow;
+use super::models::{Format, SubscriptionRow, Verification};
 use super::schema::subscriptions;
 use crate::domain::{EventType, EventTypes};
 
@@ -127,6 +127,7 @@ pub struct Patch {
     pub description: Option<Option<String>>,
     pub enabled: Option<bool>,
     pub signature_scheme: Option<String>,
+    pub format: Option<Format>,
 }
 
 /// The columns a patch writes; the others keep whatever they hold when the
@@ -143,7 +144,35 @@ struct Changes {
     disabled_reason: Option<Option<String>>,
     failing_since: Option<Option<PrimitiveDateTime>>,
     signature_scheme: Option<String>,
+    format: Option<String>,
     updated_at: PrimitiveDateTime,
+}
+
+/// A subscription's handshake state, written together.
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = subscriptions, treat_none_as_null = true)]
+pub struct VerificationColumns {
+    pub verification: String,
+    pub verification_due_at: Option<PrimitiveDateTime>,
+    pub verification_attempts: i32,
+    pub verification_error: Option<String>,
+    pub verified_at: Option<PrimitiveDateTime>,
+    pub allowed_rate: Option<i32>,
+}
+
+impl VerificationColumns {
+    /// Where a subscription of `format` starts: pending ones are asked at once.
+    pub fn initial(format: Format, now: PrimitiveDateTime) -> Self {
+        let state = format.initial_verification();
+        Self {
+            verification: state.as_str().to_owned(),
+            verification_due_at: (state == Verification::Pending).then_some(now),
+            verification_attempts: 0,
+            verification_error: None,
+            verified_at: None,
+            allowed_rate: None,
+        }
+    }
 }
 
 /// Applies `patch` to `owner`'s subscription `id`; the row as stored after,
@@ -167,6 +196,17 @@ pub struct PlannedPatch {
     id: String,
     owner: String,
     changes: Changes,
+    /// The handshake state starts afresh.
+    verification: Option<VerificationColumns>,
+}
+
+impl PlannedPatch {
+    /// Whether the patch starts a handshake.
+    pub fn asks_consent(&self) -> bool {
+        self.verification
+            .as_ref()
+            .is_some_and(|v| v.verification == Verification::Pending.as_str())
+    }
 }
 
 /// Reads the subscription and decides what `patch` writes; `None` if
@@ -189,8 +229,16 @@ pub fn plan_patch(
         disabled_reason: None,
         failing_since: None,
         signature_scheme: patch.signature_scheme.clone(),
+        format: patch.format.map(|f| f.as_str().to_owned()),
         updated_at: now,
     };
+    // A new endpoint, or a move to or from CloudEvents, asks (or stops
+    // asking) for the receiver's consent afresh.
+    let format = patch.format.unwrap_or(current.format());
+    let moved = patch.url.as_ref().is_some_and(|url| *url != current.url);
+    let verification = (format.needs_handshake() != current.format().needs_handshake()
+        || (format.needs_handshake() && moved))
+        .then(|| VerificationColumns::initial(format, now));
     match patch.enabled {
         // Re-enabling starts afresh: no reason, no failing period.
         Some(true) => {
@@ -208,6 +256,7 @@ pub fn plan_patch(
         id: id.to_owned(),
         owner: owner.to_owned(),
         changes,
+        verification,
     }))
 }
 
@@ -219,6 +268,11 @@ pub fn apply_patch(
     diesel::update(subscriptions::table.find(&planned.id))
         .set(&planned.changes)
         .execute(conn)?;
+    if let Some(verification) = &planned.verification {
+        diesel::update(subscriptions::table.find(&planned.id))
+            .set(verification)
+            .execute(conn)?;
+    }
     find_owned(conn, &planned.id, &planned.owner)
 }
 
@@ -247,6 +301,65 @@ pub fn replace_secret(
     ))
     .execute(conn)?;
     Ok(replaced == 1)
+}
+
+/// Takes up to `limit` subscriptions whose handshake is due, putting their
+/// next one off until `until` so that no other worker asks meanwhile.
+pub fn take_due_handshakes(
+    conn: &mut DbConnection,
+    now: PrimitiveDateTime,
+    until: PrimitiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<SubscriptionRow>> {
+    let pending = Verification::Pending.as_str();
+    let due: Vec<String> = subscriptions::table
+        .filter(subscriptions::verification.eq(pending))
+        .filter(subscriptions::verification_due_at.le(now))
+        .order(subscriptions::verification_due_at.asc())
+        .limit(limit)
+        .select(subscriptions::id)
+        .load(conn)?;
+    let mut taken = Vec::with_capacity(due.len());
+    for id in due {
+        // Another worker may have taken it since the read.
+        let updated = diesel::update(
+            subscriptions::table
+                .find(&id)
+                .filter(subscriptions::verification.eq(pending))
+                .filter(subscriptions::verification_due_at.le(now)),
+        )
+        .set(subscriptions::verification_due_at.eq(until))
+        .execute(conn)?;
+        if updated == 1 {
+            taken.push(id);
+        }
+    }
+    if taken.is_empty() {
+        return Ok(Vec::new());
+    }
+    subscriptions::table
+        .filter(subscriptions::id.eq_any(&taken))
+        .select(SubscriptionRow::as_select())
+        .load(conn)
+}
+
+/// Records a handshake asked of `url`, unless the subscription has moved
+/// to another URL (or off CloudEvents) since; returns whether it did.
+pub fn record_handshake(
+    conn: &mut DbConnection,
+    id: &str,
+    url: &str,
+    columns: &VerificationColumns,
+) -> QueryResult<bool> {
+    let updated = diesel::update(
+        subscriptions::table
+            .find(id)
+            .filter(subscriptions::url.eq(url))
+            .filter(subscriptions::verification.ne(Verification::NotRequired.as_str())),
+    )
+    .set(columns)
+    .execute(conn)?;
+    Ok(updated == 1)
 }
 
 /// Deletes the subscription with its deliveries and their attempts.

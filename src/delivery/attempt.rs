@@ -10,13 +10,14 @@ use tracing::Instrument;
 use url::Url;
 
 use super::client::{Reply, WebhookClient};
-use super::payload::ThinEvent;
+use super::handshake;
+use super::payload::{CloudEvent, ThinEvent};
 use super::retry::{self, Outcome, RetryPolicy};
 use super::signer;
 use super::webhook_keys::{WebhookKey, WebhookKeys};
 use crate::clock::{SharedClock, to_db};
 use crate::db::deliveries::{self, AttemptOutcome, AttemptUpdate, Leased, Verdict};
-use crate::db::models::{AttemptRow, EventRow, SubscriptionRow};
+use crate::db::models::{AttemptRow, EventRow, Format, SubscriptionRow};
 use crate::domain::SigningSecret;
 use crate::metrics::Metrics;
 use crate::secret_box::SecretBox;
@@ -34,6 +35,9 @@ pub struct Attempter {
     pub metrics: Arc<Metrics>,
     /// The gateway's Ed25519 keys, for `v1a` signatures.
     pub webhook_keys: Arc<WebhookKeys>,
+    /// `WebHook-Request-Origin`, sent with every CloudEvent as the
+    /// handshake promised.
+    pub origin: Arc<str>,
 }
 
 /// What attempts need of a subscription, derived once per version of it
@@ -237,7 +241,33 @@ impl Attempter {
                 secrets.push(previous);
             }
         }
-        let body = ThinEvent::new(event, &self.public_base_url).to_json();
+        let mut headers = HeaderMap::new();
+        let (content_type, body) = match subscription.format() {
+            Format::StandardWebhooks => (
+                "application/json",
+                ThinEvent::new(event, &self.public_base_url).to_json(),
+            ),
+            Format::CloudEvents => (
+                "application/cloudevents+json",
+                CloudEvent::new(event, &self.public_base_url).to_json(),
+            ),
+            Format::CloudEventsBinary => {
+                let (attributes, data) = CloudEvent::new(event, &self.public_base_url).to_binary();
+                for (name, value) in attributes {
+                    headers.insert(
+                        HeaderName::from_static(name),
+                        HeaderValue::from_str(&value)?,
+                    );
+                }
+                ("application/json", data)
+            }
+        };
+        if subscription.format().needs_handshake() {
+            headers.insert(
+                handshake::REQUEST_ORIGIN,
+                HeaderValue::from_str(&self.origin)?,
+            );
+        }
         let timestamp = now.unix_timestamp();
         let mut signature = signer::signature_header(secrets, &event.id, timestamp, &body);
         if let Some(key) = key {
@@ -246,8 +276,7 @@ impl Attempter {
             }
             signature.push_str(&key.sign(&event.id, timestamp, &body));
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert(
             HeaderName::from_static("webhook-id"),
             HeaderValue::from_str(&event.id)?,

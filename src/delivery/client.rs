@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use reqwest::header::HeaderMap;
 use url::Url;
 
@@ -36,6 +37,8 @@ pub struct Reply {
     /// The request or its answer's body ran out of time: the attempt held
     /// its slot for the whole timeout.
     pub timed_out: bool,
+    /// The answer's headers.
+    pub headers: HeaderMap,
 }
 
 impl WebhookClient {
@@ -60,22 +63,32 @@ impl WebhookClient {
     }
 
     pub async fn post(&self, url: &Url, headers: HeaderMap, body: Vec<u8>) -> Reply {
+        self.request(Method::POST, url, headers, body).await
+    }
+
+    /// An `OPTIONS` request without a body (the CloudEvents handshake).
+    pub async fn options(&self, url: &Url, headers: HeaderMap) -> Reply {
+        self.request(Method::OPTIONS, url, headers, Vec::new())
+            .await
+    }
+
+    async fn request(&self, method: Method, url: &Url, headers: HeaderMap, body: Vec<u8>) -> Reply {
         let started = Instant::now();
         let mut reply = match self.guard.check_literal(url) {
             Err(blocked) => Reply {
                 error: Some(blocked_error(url, &blocked)),
                 ..Reply::default()
             },
-            Ok(()) => self.send(url, headers, body).await,
+            Ok(()) => self.send(method, url, headers, body).await,
         };
         reply.elapsed = started.elapsed();
         reply
     }
 
-    async fn send(&self, url: &Url, headers: HeaderMap, body: Vec<u8>) -> Reply {
-        let response = match self
+    async fn send(&self, method: Method, url: &Url, headers: HeaderMap, body: Vec<u8>) -> Reply {
+        let mut response = match self
             .http
-            .post(url.clone())
+            .request(method, url.clone())
             .headers(headers)
             .body(body)
             .send()
@@ -96,10 +109,12 @@ impl WebhookClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let headers = std::mem::take(response.headers_mut());
         let (excerpt, error) = self.read_excerpt(response).await;
         Reply {
             status: Some(status),
             retry_after,
+            headers,
             timed_out: error.as_ref().is_some_and(reqwest::Error::is_timeout),
             error: error.as_ref().map(|error| classify(url, error)),
             excerpt,

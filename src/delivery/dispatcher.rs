@@ -21,8 +21,10 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
 
 use super::attempt::Attempter;
+use super::handshake::Handshaker;
 use crate::clock::{SharedClock, to_db};
 use crate::db::deliveries::{AttemptOutcome, Leased};
 use crate::db::queue::{self, Capacity, Claim, ClaimLimits};
@@ -74,6 +76,8 @@ pub struct Dispatcher {
     /// Deliveries held in memory, shared with the writer.
     capacity: Arc<Capacity>,
     handoffs: Mutex<Option<Handoffs>>,
+    /// Asks CloudEvents receivers for consent.
+    handshaker: Arc<Handshaker>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -95,6 +99,7 @@ pub struct Parts {
     pub wake: Wake,
     pub capacity: Arc<Capacity>,
     pub handoffs: Handoffs,
+    pub handshaker: Arc<Handshaker>,
 }
 
 /// A new worker id: the process id and something random.
@@ -112,6 +117,8 @@ enum Control {
     Recorded(Vec<AttemptOutcome>, Result<Vec<bool>, DbError>),
     /// Dead workers' leases were freed: there may be work to claim.
     Reaped(usize),
+    /// Handshakes were asked; this many receivers consented.
+    Verified(usize),
     Done,
 }
 
@@ -127,6 +134,7 @@ impl Dispatcher {
             wake: parts.wake,
             capacity: parts.capacity,
             handoffs: Mutex::new(Some(parts.handoffs)),
+            handshaker: parts.handshaker,
         }
     }
 
@@ -142,6 +150,7 @@ impl Dispatcher {
     /// attempts were made. For tests and one-shot runs: the attempts of one
     /// claim run concurrently, claims one after another.
     pub async fn dispatch_all_pending(&self) -> Result<usize, DbError> {
+        self.verify_due().await;
         let mut attempted = 0;
         let mut cursor = String::new();
         loop {
@@ -184,6 +193,8 @@ impl Dispatcher {
         reap.reset();
         loop {
             self.start_work(&mut run);
+            // When the next subscription held to its allowed rate may send.
+            let paced = run.queues.next_paced();
             tokio::select! {
                 Some(batch) = handoffs.recv() => run.queues.extend(batch),
                 Some(done) = run.attempts.join_next_with_id(), if !run.attempts.is_empty() => {
@@ -195,7 +206,17 @@ impl Dispatcher {
                     }
                 }
                 () = self.wake.notified() => run.claim_wanted = true,
-                _ = poll.tick() => run.claim_wanted = true,
+                _ = poll.tick() => {
+                    run.claim_wanted = true;
+                    if !run.verifying {
+                        run.verifying = true;
+                        let this = self.clone();
+                        run.control.spawn(async move { Control::Verified(this.verify_due().await) });
+                    }
+                }
+                () = tokio::time::sleep_until(paced.unwrap_or_else(Instant::now)), if paced.is_some() => {
+                    run.queues.release_paced(Instant::now());
+                }
                 _ = renew.tick() => {
                     let (writer, worker) = (self.writer.clone(), self.worker_id.clone());
                     let until = to_db(self.clock.now_utc() + self.settings.lease);
@@ -220,7 +241,7 @@ impl Dispatcher {
 
     /// Starts attempts, a record and a claim, as far as bounds allow.
     fn start_work(self: &Arc<Self>, run: &mut Run) {
-        while let Some(delivery) = run.queues.next() {
+        while let Some(delivery) = run.queues.next(Instant::now()) {
             let attempter = self.attempter.clone();
             let task = delivery.clone();
             let handle = run
@@ -303,7 +324,26 @@ impl Dispatcher {
                 }
             }
             Control::Reaped(released) => run.claim_wanted |= released > 0,
+            Control::Verified(consented) => {
+                run.verifying = false;
+                run.claim_wanted |= consented > 0;
+            }
             Control::Done => {}
+        }
+    }
+
+    /// Asks the CloudEvents receivers whose handshake is due; returns how
+    /// many consented (their held deliveries are due now).
+    async fn verify_due(&self) -> usize {
+        match self.handshaker.verify_due(&self.writer, &self.clock).await {
+            Ok(consented) => consented,
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "cannot ask the CloudEvents handshakes"
+                );
+                0
+            }
         }
     }
 
@@ -429,6 +469,7 @@ struct Run {
     unrecorded: Vec<AttemptOutcome>,
     recording: bool,
     claiming: bool,
+    verifying: bool,
     claim_wanted: bool,
     /// The last claim found work: claim again whenever leases end.
     backlog: bool,
@@ -450,6 +491,7 @@ impl Run {
             unrecorded: Vec::new(),
             recording: false,
             claiming: false,
+            verifying: false,
             claim_wanted: true,
             backlog: false,
             cursor: String::new(),
@@ -483,7 +525,10 @@ impl Run {
 /// within three bounds: `max_in_flight` in all; `per_subscription` each, or
 /// one while the subscription's breaker is open; and `per_host` for all the
 /// subscriptions whose URLs name one host, so that a few subscriptions
-/// pointing at a host that never answers cannot hold every slot.
+/// pointing at a host that never answers cannot hold every slot. A
+/// subscription whose receiver allowed a rate (CloudEvents'
+/// `WebHook-Allowed-Rate`) starts its attempts evenly spaced at that rate,
+/// waiting without a slot between them.
 struct Queues {
     by_subscription: HashMap<String, SubscriptionQueue>,
     /// Subscriptions with waiting work and a free slot, in turn order.
@@ -493,6 +538,9 @@ struct Queues {
     held_by_host: HashMap<String, Vec<String>>,
     /// Attempts in flight per host.
     hosts: HashMap<String, usize>,
+    /// Subscriptions with waiting work held back by their allowed rate,
+    /// ready again at the instant given.
+    paced: Vec<(Instant, String)>,
     /// Consecutive timeouts per subscription; at [`BREAKER_TIMEOUTS`] its
     /// breaker is open: one attempt at a time until one ends otherwise.
     timeouts: HashMap<String, u32>,
@@ -505,9 +553,19 @@ struct Queues {
 struct SubscriptionQueue {
     waiting: VecDeque<Leased>,
     in_flight: usize,
-    /// Whether it is in `ready` (or held by its host).
+    /// Whether it is in `ready` (or held by its host or its rate).
     ready: bool,
     host: String,
+    /// The spacing its allowed rate asks for, if it has one.
+    interval: Option<Duration>,
+    /// Its next attempt starts no earlier.
+    not_before: Option<Instant>,
+}
+
+/// The spacing of attempts at `per_minute` requests a minute.
+fn spacing(per_minute: Option<i32>) -> Option<Duration> {
+    let per_minute = u32::try_from(per_minute?).ok().filter(|&n| n > 0)?;
+    Some(Duration::from_secs(60) / per_minute)
 }
 
 /// Consecutive timeouts that open a subscription's breaker.
@@ -520,6 +578,7 @@ impl Queues {
             ready: VecDeque::new(),
             held_by_host: HashMap::new(),
             hosts: HashMap::new(),
+            paced: Vec::new(),
             timeouts: HashMap::new(),
             in_flight: 0,
             max_in_flight: max_in_flight as usize,
@@ -548,7 +607,10 @@ impl Queues {
                         in_flight: 0,
                         ready: false,
                         host: host_of(&delivery.subscription.url),
+                        interval: None,
+                        not_before: None,
                     });
+            queue.interval = spacing(delivery.subscription.allowed_rate);
             queue.waiting.push_back(delivery);
             if !queue.ready && queue.in_flight < bound {
                 queue.ready = true;
@@ -557,8 +619,8 @@ impl Queues {
         }
     }
 
-    /// The next delivery to attempt, if the bounds allow one.
-    fn next(&mut self) -> Option<Leased> {
+    /// The next delivery to attempt `now`, if the bounds allow one.
+    fn next(&mut self, now: Instant) -> Option<Leased> {
         while self.in_flight < self.max_in_flight {
             let id = self.ready.pop_front()?;
             let bound = self.bound(&id);
@@ -567,6 +629,11 @@ impl Queues {
             };
             if queue.waiting.is_empty() {
                 queue.ready = false;
+                continue;
+            }
+            if let Some(at) = queue.not_before.filter(|&at| at > now) {
+                // Still `ready`: held until its rate allows the next one.
+                self.paced.push((at, id));
                 continue;
             }
             let host_in_flight = self.hosts.entry(queue.host.clone()).or_default();
@@ -579,6 +646,7 @@ impl Queues {
                 continue;
             }
             let delivery = queue.waiting.pop_front()?;
+            queue.not_before = queue.interval.map(|interval| now + interval);
             *host_in_flight += 1;
             queue.in_flight += 1;
             self.in_flight += 1;
@@ -591,6 +659,21 @@ impl Queues {
             return Some(delivery);
         }
         None
+    }
+
+    /// When the first subscription held back by its rate may go on.
+    fn next_paced(&self) -> Option<Instant> {
+        self.paced.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Makes the subscriptions whose rate allows an attempt `now` ready again.
+    fn release_paced(&mut self, now: Instant) {
+        let (due, later) = std::mem::take(&mut self.paced)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.paced = later;
+        self.ready
+            .extend(due.into_iter().map(|(_, id): (Instant, String)| id));
     }
 
     /// An attempt of `subscription` ended; `timed_out` feeds its breaker.
@@ -647,6 +730,7 @@ impl Queues {
         }
         self.ready.clear();
         self.held_by_host.clear();
+        self.paced.clear();
     }
 }
 
@@ -704,6 +788,13 @@ mod tests {
             created_at: at,
             updated_at: at,
             signature_scheme: "v1".into(),
+            format: "standard-webhooks".into(),
+            verification: "not_required".into(),
+            verification_due_at: None,
+            verification_attempts: 0,
+            verification_error: None,
+            verified_at: None,
+            allowed_rate: None,
         })
     }
 
@@ -718,18 +809,18 @@ mod tests {
         queues.extend((0..1000).map(|n| delivery(&busy, n)).collect());
         queues.extend(vec![delivery(&quiet, 1000)]);
 
-        let started: Vec<String> = std::iter::from_fn(|| queues.next())
+        let started: Vec<String> = std::iter::from_fn(|| queues.next(Instant::now()))
             .map(|d| subscription_of(&d).to_owned())
             .collect();
 
         assert_eq!(started, ["sub_busy", "sub_quiet", "sub_busy"]);
         assert!(
-            queues.next().is_none(),
+            queues.next(Instant::now()).is_none(),
             "the busy subscription is at its bound"
         );
         queues.finished("sub_busy", false);
         assert_eq!(
-            queues.next().map(|d| d.delivery_id),
+            queues.next(Instant::now()).map(|d| d.delivery_id),
             Some("dlv_2".to_owned())
         );
     }
@@ -741,10 +832,13 @@ mod tests {
             let subscription = subscription(&format!("sub_{n}"));
             queues.extend(vec![delivery(&subscription, n)]);
         }
-        assert_eq!(std::iter::from_fn(|| queues.next()).count(), 3);
+        assert_eq!(
+            std::iter::from_fn(|| queues.next(Instant::now())).count(),
+            3
+        );
         queues.finished("sub_0", false);
-        assert!(queues.next().is_some());
-        assert!(queues.next().is_none());
+        assert!(queues.next(Instant::now()).is_some());
+        assert!(queues.next(Instant::now()).is_none());
     }
 
     fn subscription_at(id: &str, url: &str) -> Arc<SubscriptionRow> {
@@ -769,7 +863,7 @@ mod tests {
         }
         queues.extend(vec![delivery(&other, 99)]);
 
-        let started: Vec<String> = std::iter::from_fn(|| queues.next())
+        let started: Vec<String> = std::iter::from_fn(|| queues.next(Instant::now()))
             .map(|d| subscription_of(&d).to_owned())
             .collect();
         assert_eq!(
@@ -780,9 +874,11 @@ mod tests {
 
         // A slot of the host frees: one more of its subscriptions goes.
         queues.finished("sub_slow0", false);
-        let next = queues.next().map(|d| subscription_of(&d).to_owned());
+        let next = queues
+            .next(Instant::now())
+            .map(|d| subscription_of(&d).to_owned());
         assert!(next.is_some_and(|s| s.starts_with("sub_slow")));
-        assert!(queues.next().is_none());
+        assert!(queues.next(Instant::now()).is_none());
     }
 
     #[test]
@@ -790,18 +886,58 @@ mod tests {
         let hanging = subscription_at("sub_hanging", "https://hanging.example/");
         let mut queues = Queues::new(100, 10, 100);
         queues.extend((0..50).map(|n| delivery(&hanging, n)).collect());
-        assert_eq!(std::iter::from_fn(|| queues.next()).count(), 10);
+        assert_eq!(
+            std::iter::from_fn(|| queues.next(Instant::now())).count(),
+            10
+        );
         for _ in 0..10 {
             queues.finished("sub_hanging", true);
         }
         // Open: one at a time.
-        assert!(queues.next().is_some());
-        assert!(queues.next().is_none());
+        assert!(queues.next(Instant::now()).is_some());
+        assert!(queues.next(Instant::now()).is_none());
         queues.finished("sub_hanging", true);
-        assert!(queues.next().is_some());
-        assert!(queues.next().is_none());
+        assert!(queues.next(Instant::now()).is_some());
+        assert!(queues.next(Instant::now()).is_none());
         // An answer closes it.
         queues.finished("sub_hanging", false);
-        assert_eq!(std::iter::from_fn(|| queues.next()).count(), 10);
+        assert_eq!(
+            std::iter::from_fn(|| queues.next(Instant::now())).count(),
+            10
+        );
+    }
+
+    #[test]
+    fn a_subscription_with_an_allowed_rate_is_spaced_and_the_others_are_not() {
+        let mut paced = (*subscription("sub_paced")).clone();
+        paced.allowed_rate = Some(120);
+        let (paced, free) = (Arc::new(paced), subscription("sub_free"));
+        let mut queues = Queues::new(100, 10, 100);
+        queues.extend((0..3).map(|n| delivery(&paced, n)).collect());
+        queues.extend((3..6).map(|n| delivery(&free, n)).collect());
+        let start = Instant::now();
+
+        let started: Vec<String> = std::iter::from_fn(|| queues.next(start))
+            .map(|d| subscription_of(&d).to_owned())
+            .collect();
+        assert_eq!(started, ["sub_paced", "sub_free", "sub_free", "sub_free"]);
+        assert_eq!(
+            queues.next_paced(),
+            Some(start + Duration::from_millis(500))
+        );
+
+        queues.release_paced(start + Duration::from_millis(499));
+        assert!(queues.next(start + Duration::from_millis(499)).is_none());
+        let later = start + Duration::from_millis(500);
+        queues.release_paced(later);
+        assert_eq!(
+            queues.next(later).map(|d| d.delivery_id),
+            Some("dlv_1".to_owned())
+        );
+        assert!(queues.next(later).is_none());
+        assert_eq!(
+            queues.next_paced(),
+            Some(later + Duration::from_millis(500))
+        );
     }
 }

@@ -9,10 +9,15 @@
 //! ([`signer`]), sends it through the SSRF-safe [`client`] ([`ssrf`]) and
 //! decides on a retry ([`retry`]) → the outcomes are recorded in batches,
 //! fenced by the lease.
+//!
+//! A CloudEvents subscription is delivered to only once its receiver has
+//! consented in the abuse-protection [`handshake`]; until then its
+//! deliveries are held.
 
 pub mod attempt;
 pub mod client;
 pub mod dispatcher;
+pub mod handshake;
 pub mod payload;
 pub mod retry;
 pub mod signer;

@@ -36,20 +36,8 @@ impl<'a> ThinEvent<'a> {
         Self {
             id: &event.id,
             event_type: &event.event_type,
-            timestamp: event
-                .created_at
-                .assume_utc()
-                .format(&Rfc3339)
-                .unwrap_or_default(),
-            data: EventData {
-                resource: Resource {
-                    resource_type: &event.resource_type,
-                    id: &event.resource_id,
-                    url: format!("{public_base_url}{}", event.resource_path),
-                },
-                message_id: &event.message_id,
-                sequence: event.sequence,
-            },
+            timestamp: rfc3339(event),
+            data: EventData::new(event, public_base_url),
         }
     }
 
@@ -58,13 +46,106 @@ impl<'a> ThinEvent<'a> {
     }
 }
 
+impl<'a> EventData<'a> {
+    fn new(event: &'a EventRow, public_base_url: &str) -> Self {
+        Self {
+            resource: Resource {
+                resource_type: &event.resource_type,
+                id: &event.resource_id,
+                url: format!("{public_base_url}{}", event.resource_path),
+            },
+            message_id: &event.message_id,
+            sequence: event.sequence,
+        }
+    }
+}
+
+fn rfc3339(event: &EventRow) -> String {
+    event
+        .created_at
+        .assume_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The same thin event as a CloudEvent 1.0: `id` is the event id, `source`
+/// the gateway's public base URL, `type` the event type under the
+/// `com.thinhook.` prefix, `subject` the resource's path, and `data` the
+/// thin event's `data`.
+#[derive(Debug, Serialize)]
+pub struct CloudEvent<'a> {
+    pub specversion: &'static str,
+    pub id: &'a str,
+    pub source: &'a str,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: String,
+    pub subject: &'a str,
+    pub datacontenttype: &'static str,
+    pub data: EventData<'a>,
+}
+
+/// The CloudEvents `type` of an event type: reverse-DNS prefixed, as the
+/// CloudEvents specification recommends.
+pub fn cloudevents_type(event_type: &str) -> String {
+    format!("com.thinhook.{event_type}")
+}
+
+impl<'a> CloudEvent<'a> {
+    pub fn new(event: &'a EventRow, public_base_url: &'a str) -> Self {
+        Self {
+            specversion: "1.0",
+            id: &event.id,
+            source: public_base_url,
+            event_type: cloudevents_type(&event.event_type),
+            time: rfc3339(event),
+            subject: &event.resource_path,
+            datacontenttype: "application/json",
+            data: EventData::new(event, public_base_url),
+        }
+    }
+
+    /// Structured mode: the whole event, `application/cloudevents+json`.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a CloudEvent serialises")
+    }
+
+    /// Binary mode: the attributes as `ce-` headers (values encoded as the
+    /// HTTP binding says), and the data alone as the `application/json` body.
+    pub fn to_binary(&self) -> (Vec<(&'static str, String)>, Vec<u8>) {
+        let headers = vec![
+            ("ce-specversion", self.specversion.to_owned()),
+            ("ce-id", header_value(self.id)),
+            ("ce-source", header_value(self.source)),
+            ("ce-type", header_value(&self.event_type)),
+            ("ce-time", header_value(&self.time)),
+            ("ce-subject", header_value(self.subject)),
+        ];
+        let body = serde_json::to_vec(&self.data).expect("a thin event serialises");
+        (headers, body)
+    }
+}
+
+/// A `ce-` header value: printable ASCII but space, `"` and `%`, which are
+/// percent-encoded with everything else (UTF-8 bytes).
+fn header_value(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x21..0x7f).contains(&byte) && byte != b'"' && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_body_links_to_the_resource_and_carries_nothing_else() {
-        let event = EventRow {
+    fn event() -> EventRow {
+        EventRow {
             id: "evt_1".into(),
             event_type: "comment.created".into(),
             resource_type: "comment".into(),
@@ -75,7 +156,12 @@ mod tests {
             created_at: time::macros::datetime!(2026-11-28 10:00:00),
             feed_position: Some(7),
             traceparent: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_body_links_to_the_resource_and_carries_nothing_else() {
+        let event = event();
         let body: serde_json::Value =
             serde_json::from_slice(&ThinEvent::new(&event, "https://gw.example").to_json())
                 .unwrap();
@@ -96,5 +182,47 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn a_cloudevent_carries_the_same_link_with_its_attributes() {
+        let event = event();
+        let cloudevent = CloudEvent::new(&event, "https://gw.example");
+        let body: serde_json::Value = serde_json::from_slice(&cloudevent.to_json()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "specversion": "1.0",
+                "id": "evt_1",
+                "source": "https://gw.example",
+                "type": "com.thinhook.comment.created",
+                "time": "2026-11-28T10:00:00Z",
+                "subject": "/messages/msg_1/comments/cmt_1",
+                "datacontenttype": "application/json",
+                "data": {
+                    "resource": {
+                        "type": "comment",
+                        "id": "cmt_1",
+                        "url": "https://gw.example/messages/msg_1/comments/cmt_1"
+                    },
+                    "message_id": "msg_1",
+                    "sequence": 3
+                }
+            })
+        );
+        let (headers, data) = cloudevent.to_binary();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&data).unwrap(),
+            body["data"]
+        );
+        assert!(headers.contains(&("ce-type", "com.thinhook.comment.created".to_owned())));
+        assert!(headers.contains(&("ce-source", "https://gw.example".to_owned())));
+    }
+
+    #[test]
+    fn binary_header_values_are_percent_encoded_where_the_binding_says() {
+        assert_eq!(header_value("https://gw.example/a"), "https://gw.example/a");
+        assert_eq!(header_value("a b\"c%d"), "a%20b%22c%25d");
+        assert_eq!(header_value("é"), "%C3%A9");
     }
 }

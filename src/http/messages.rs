@@ -18,7 +18,7 @@ use crate::auth::{Caller, MessagesRead, MessagesWrite, Scope};
 use crate::clock;
 use crate::db::deliveries::FetchMark;
 use crate::db::messages as repo;
-use crate::db::models::{CommentRow, MessageRow};
+use crate::db::models::{CommentRow, Format, MessageRow};
 use crate::db::outbox::{Publication, Resource};
 use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
@@ -151,11 +151,14 @@ async fn create_message(
             Some(subscriptions::new_subscription(
                 &state,
                 &caller.client_id,
-                &url,
-                &types,
-                Some(&id),
-                None,
-                "v1",
+                subscriptions::Wanted {
+                    url: &url,
+                    event_types: &types,
+                    message_id: Some(&id),
+                    description: None,
+                    signature_scheme: "v1",
+                    format: Format::StandardWebhooks,
+                },
             ))
         }
         None => None,

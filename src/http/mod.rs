@@ -55,6 +55,8 @@ pub struct Webhooks {
     pub quota: crate::db::subscriptions::Quota,
     /// The gateway's `v1a` signing keys, published for receivers.
     pub keys: Arc<crate::delivery::webhook_keys::WebhookKeys>,
+    /// Asks CloudEvents receivers for consent (re-verification on request).
+    pub handshaker: Arc<crate::delivery::handshake::Handshaker>,
 }
 
 /// Builds absolute URLs of resources from the public base URL.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::idempotency::{self, Begun, Idempotent};
 use super::pagination::{Page, PageParams};
@@ -15,7 +15,8 @@ use super::{AppState, protected, resource};
 use crate::auth::{Caller, Scope, SubscriptionsManage};
 use crate::clock::{SINCE_FORMAT, db_now, parse_since, to_db};
 use crate::db::deliveries::REPLAY_LIMIT;
-use crate::db::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
+use crate::db::models::{AttemptRow, DeliveryRow, EventRow, Format, SubscriptionRow, Verification};
+use crate::db::subscriptions::VerificationColumns;
 use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
 use crate::domain::{
     ClientId, DeliveryId, Description, EventTypes, MessageId, SigningSecret, SubscriptionId,
@@ -38,6 +39,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/subscriptions/{subscriptionId}/secret/rotate", "POST")
             .route(protected(web::post().to(rotate))),
+    )
+    .service(
+        resource("/subscriptions/{subscriptionId}/verify", "POST")
+            .route(protected(web::post().to(verify))),
     )
     .service(
         resource("/subscriptions/{subscriptionId}/deliveries", "GET")
@@ -74,6 +79,8 @@ struct CreateSubscription {
     description: Option<String>,
     #[serde(default)]
     signature_scheme: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +91,7 @@ struct UpdateSubscription {
     enabled: Option<bool>,
     description: Option<String>,
     signature_scheme: Option<String>,
+    format: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,10 +104,28 @@ pub struct Subscription {
     enabled: bool,
     disabled_reason: Option<String>,
     signature_scheme: String,
+    format: String,
+    verification: VerificationView,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
+}
+
+/// Where the subscription stands in the CloudEvents handshake.
+#[derive(Debug, Serialize)]
+struct VerificationView {
+    state: String,
+    /// When the receiver consented.
+    #[serde(with = "time::serde::rfc3339::option")]
+    verified_at: Option<OffsetDateTime>,
+    /// Requests per minute the receiver allowed; none: no limit.
+    allowed_rate: Option<i32>,
+    /// Why the last handshake did not verify it.
+    error: Option<String>,
+    /// When a pending handshake is asked next.
+    #[serde(with = "time::serde::rfc3339::option")]
+    next_attempt_at: Option<OffsetDateTime>,
 }
 
 impl From<SubscriptionRow> for Subscription {
@@ -115,6 +141,16 @@ impl From<SubscriptionRow> for Subscription {
             description: row.description,
             disabled_reason: row.disabled_reason,
             signature_scheme: row.signature_scheme,
+            format: row.format,
+            verification: VerificationView {
+                next_attempt_at: (row.verification == Verification::Pending.as_str())
+                    .then(|| row.verification_due_at.map(PrimitiveDateTime::assume_utc))
+                    .flatten(),
+                state: row.verification,
+                verified_at: row.verified_at.map(PrimitiveDateTime::assume_utc),
+                allowed_rate: row.allowed_rate,
+                error: row.verification_error,
+            },
             created_at: row.created_at.assume_utc(),
             updated_at: row.updated_at.assume_utc(),
         }
@@ -182,6 +218,15 @@ fn parse_signature_scheme(value: &str) -> Result<&'static str, ApiError> {
     }
 }
 
+fn parse_format(value: &str) -> Result<Format, ApiError> {
+    Format::parse(value).ok_or_else(|| {
+        validation(
+            "format",
+            "must be `standard-webhooks`, `cloudevents` or `cloudevents-binary`",
+        )
+    })
+}
+
 fn parse_event_types(names: &[String]) -> Result<EventTypes, ApiError> {
     EventTypes::parse(names.iter().map(String::as_str)).map_err(|e| validation("event_types", e))
 }
@@ -193,19 +238,31 @@ fn parse_description(description: String) -> Result<Option<String>, ApiError> {
         .map_err(|e| validation("description", e))
 }
 
+/// What a new subscription is to be, parsed and vetted.
+#[derive(Debug)]
+pub struct Wanted<'a> {
+    pub url: &'a WebhookUrl,
+    pub event_types: &'a EventTypes,
+    pub message_id: Option<&'a MessageId>,
+    pub description: Option<String>,
+    pub signature_scheme: &'a str,
+    pub format: Format,
+}
+
 /// Builds a subscription with a fresh secret, sealed for storage.
-pub fn new_subscription(
-    state: &AppState,
-    owner: &ClientId,
-    url: &WebhookUrl,
-    event_types: &EventTypes,
-    message_id: Option<&MessageId>,
-    description: Option<String>,
-    signature_scheme: &str,
-) -> NewSubscription {
+pub fn new_subscription(state: &AppState, owner: &ClientId, wanted: Wanted<'_>) -> NewSubscription {
+    let Wanted {
+        url,
+        event_types,
+        message_id,
+        description,
+        signature_scheme,
+        format,
+    } = wanted;
     let id = SubscriptionId::generate();
     let secret = SigningSecret::generate();
     let now = db_now(&*state.clock);
+    let verification = VerificationColumns::initial(format, now);
     let row = SubscriptionRow {
         secret: state.webhooks.secrets.seal(&secret.expose(), id.as_str()),
         id: id.to_string(),
@@ -222,6 +279,13 @@ pub fn new_subscription(
         created_at: now,
         updated_at: now,
         signature_scheme: signature_scheme.to_owned(),
+        format: format.as_str().to_owned(),
+        verification: verification.verification,
+        verification_due_at: verification.verification_due_at,
+        verification_attempts: verification.verification_attempts,
+        verification_error: verification.verification_error,
+        verified_at: verification.verified_at,
+        allowed_rate: verification.allowed_rate,
     };
     NewSubscription { row, secret }
 }
@@ -273,15 +337,22 @@ async fn create(
         .signature_scheme
         .as_deref()
         .map_or(Ok("v1"), parse_signature_scheme)?;
+    let format = body
+        .format
+        .as_deref()
+        .map_or(Ok(Format::default()), parse_format)?;
     let url = vet_url(&state, "url", &body.url).await?;
     let new = new_subscription(
         &state,
         &caller.client_id,
-        &url,
-        &event_types,
-        message_id.as_ref(),
-        description,
-        signature_scheme,
+        Wanted {
+            url: &url,
+            event_types: &event_types,
+            message_id: message_id.as_ref(),
+            description,
+            signature_scheme,
+            format,
+        },
     );
     let row = new.row.clone();
     let location = state.links.absolute(&format!("/subscriptions/{}", row.id));
@@ -372,6 +443,7 @@ async fn update(
         .as_deref()
         .map(parse_signature_scheme)
         .transpose()?;
+    let format = body.format.as_deref().map(parse_format).transpose()?;
     let url = match &body.url {
         Some(url) => Some(vet_url(&state, "url", url).await?),
         None => None,
@@ -382,6 +454,7 @@ async fn update(
         description,
         enabled: body.enabled,
         signature_scheme: signature_scheme.map(str::to_owned),
+        format,
     };
     let (id, owner, now) = (
         path.id.to_string(),
@@ -395,6 +468,33 @@ async fn update(
         .ok_or_else(|| not_found(&path.id))?;
     if body.enabled == Some(true) {
         // Deliveries held while it was disabled are due again.
+        state.webhooks.wake.notify_one();
+    }
+    Ok(web::Json(row.into()))
+}
+
+/// Asks a CloudEvents receiver for consent again, now, and answers with the
+/// subscription as the answer left it.
+async fn verify(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+) -> Result<web::Json<Subscription>, ApiError> {
+    let row = find(&state, &caller.client_id, &path.id).await?;
+    if !row.format().needs_handshake() {
+        return Err(ApiError::Conflict(format!(
+            "the subscription's format is `{}`: only CloudEvents subscriptions are verified",
+            row.format
+        )));
+    }
+    let row = state
+        .webhooks
+        .handshaker
+        .verify_now(&state.writer, &state.clock, &row)
+        .await?
+        .ok_or_else(|| not_found(&path.id))?;
+    if row.verification == Verification::Verified.as_str() {
+        // Its held deliveries are due.
         state.webhooks.wake.notify_one();
     }
     Ok(web::Json(row.into()))

@@ -15,6 +15,7 @@ mod auth_first;
 mod bench;
 mod chaos;
 mod cli;
+mod cloudevents;
 mod comments;
 mod engine;
 mod errors;

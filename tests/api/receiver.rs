@@ -11,9 +11,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// One request as received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub method: String,
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -169,13 +172,9 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     };
     let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
     let mut lines = head.split("\r\n");
-    let path = lines
-        .next()
-        .unwrap_or("")
-        .split(' ')
-        .nth(1)
-        .unwrap_or("")
-        .to_owned();
+    let mut request_line = lines.next().unwrap_or("").split(' ');
+    let method = request_line.next().unwrap_or("").to_owned();
+    let path = request_line.next().unwrap_or("").to_owned();
     let headers: HashMap<String, String> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -197,6 +196,8 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let reply = {
         let mut state = state.lock().unwrap();
         state.received.push(Received {
+            method,
+            at: std::time::Instant::now(),
             path,
             headers,
             body,

@@ -31,6 +31,7 @@ pub(crate) const SERVER_ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/subscriptions/{subscriptionId}"),
     ("DELETE", "/subscriptions/{subscriptionId}"),
     ("POST", "/subscriptions/{subscriptionId}/secret/rotate"),
+    ("POST", "/subscriptions/{subscriptionId}/verify"),
     ("GET", "/subscriptions/{subscriptionId}/deliveries"),
     ("POST", "/subscriptions/{subscriptionId}/replay"),
     ("GET", "/deliveries"),

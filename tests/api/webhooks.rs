@@ -751,6 +751,13 @@ impl TestApp {
             created_at: now,
             updated_at: now,
             signature_scheme: "v1".into(),
+            format: "standard-webhooks".into(),
+            verification: "not_required".into(),
+            verification_due_at: None,
+            verification_attempts: 0,
+            verification_error: None,
+            verified_at: None,
+            allowed_rate: None,
         };
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
