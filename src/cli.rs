@@ -9,6 +9,7 @@ use crate::clock::{self, Clock};
 use crate::config::Settings;
 use crate::db::signing_keys::Purpose;
 use crate::db::{self, Database};
+use crate::domain::WorkspaceId;
 use crate::startup::{Application, Role, shutdown_signal};
 
 mod deliveries;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Manage API clients (OAuth 2.0 client credentials).
     #[command(subcommand)]
     Clients(ClientsCommand),
+    /// Manage workspaces: tenants, each with its own clients and data.
+    #[command(subcommand)]
+    Workspaces(WorkspacesCommand),
     /// Manage the keys that sign access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -82,6 +86,10 @@ pub enum ClientsCommand {
             default_value = "messages:read messages:write subscriptions:manage events:read"
         )]
         scopes: String,
+        /// The workspace (`wsp_…`) the client reads, writes and subscribes
+        /// in; the default workspace when omitted.
+        #[arg(long)]
+        workspace: Option<String>,
     },
     /// List clients (never their secrets).
     List,
@@ -90,6 +98,18 @@ pub enum ClientsCommand {
         /// The client's id (`cli_…`), as `clients list` shows it.
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspacesCommand {
+    /// Create a workspace; prints its id.
+    Create {
+        /// A unique name to tell it by (1 to 200 characters).
+        #[arg(long)]
+        name: String,
+    },
+    /// List workspaces.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +144,9 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve { role } => serve(settings, role).await,
         Command::Migrate => migrate(settings).await,
         Command::Clients(command) => with_database(settings, move |db| clients(db, command)).await,
+        Command::Workspaces(command) => {
+            with_database(settings, move |db| workspaces(db, command)).await
+        }
         Command::Deliveries(command) => {
             with_database(settings, move |db| deliveries::run(db, command)).await
         }
@@ -170,24 +193,36 @@ fn clients(db: &Database, command: ClientsCommand) -> anyhow::Result<()> {
     let now = clock::SystemClock.now_utc();
     let mut conn = db.get()?;
     match command {
-        ClientsCommand::Create { name, scopes } => {
-            let name = name.trim();
-            anyhow::ensure!(
-                !name.is_empty() && name.len() <= 200,
-                "--name must be 1 to 200 characters"
-            );
+        ClientsCommand::Create {
+            name,
+            scopes,
+            workspace,
+        } => {
+            let name = checked_name(&name)?;
             let scopes = Scopes::parse(&scopes)?;
             anyhow::ensure!(!scopes.is_empty(), "--scopes must name at least one scope");
-            let client = auth::clients::create(&mut conn, name, scopes, now)?;
+            let workspace = match workspace {
+                Some(id) => {
+                    let id = WorkspaceId::parse(&id)?;
+                    anyhow::ensure!(
+                        db::workspaces::exists(&mut conn, id.as_str())?,
+                        "no workspace `{id}`: `thinhook workspaces list` shows them"
+                    );
+                    id
+                }
+                None => WorkspaceId::default_workspace(),
+            };
+            let client = auth::clients::create(&mut conn, name, scopes, &workspace, now)?;
             println!("client_id:     {}", client.id);
             println!("client_secret: {}", client.secret.expose());
             println!("scopes:        {}", client.scopes);
+            println!("workspace:     {}", client.workspace);
             eprintln!("Store the secret now: it is not kept and cannot be shown again.");
         }
         ClientsCommand::List => {
             println!(
-                "{:<30}  {:<8}  {:<27}  {:<24}  SCOPES",
-                "ID", "STATUS", "CREATED", "NAME"
+                "{:<30}  {:<8}  {:<27}  {:<30}  {:<24}  SCOPES",
+                "ID", "STATUS", "CREATED", "WORKSPACE", "NAME"
             );
             for client in db::clients::list(&mut conn)? {
                 let status = if client.revoked_at.is_some() {
@@ -196,13 +231,14 @@ fn clients(db: &Database, command: ClientsCommand) -> anyhow::Result<()> {
                     "active"
                 };
                 println!(
-                    "{:<30}  {:<8}  {:<27}  {:<24}  {}",
+                    "{:<30}  {:<8}  {:<27}  {:<30}  {:<24}  {}",
                     client.id,
                     status,
                     client
                         .created_at
                         .assume_utc()
                         .format(&time::format_description::well_known::Rfc3339)?,
+                    client.workspace_id,
                     client.name,
                     client.scopes
                 );
@@ -213,6 +249,55 @@ fn clients(db: &Database, command: ClientsCommand) -> anyhow::Result<()> {
                 println!("revoked {id}");
             } else {
                 anyhow::bail!("no active client `{id}`");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A name for a client or a workspace: 1 to 200 characters, trimmed.
+fn checked_name(name: &str) -> anyhow::Result<&str> {
+    let name = name.trim();
+    anyhow::ensure!(
+        !name.is_empty() && name.len() <= 200,
+        "--name must be 1 to 200 characters"
+    );
+    Ok(name)
+}
+
+fn workspaces(db: &Database, command: WorkspacesCommand) -> anyhow::Result<()> {
+    let mut conn = db.get()?;
+    match command {
+        WorkspacesCommand::Create { name } => {
+            let name = checked_name(&name)?;
+            let id = WorkspaceId::generate();
+            let row = db::models::WorkspaceRow {
+                id: id.to_string(),
+                name: name.to_owned(),
+                created_at: clock::to_db(clock::SystemClock.now_utc()),
+            };
+            db::workspaces::insert(&mut conn, &row).map_err(|error| match error {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => anyhow::anyhow!("a workspace is already named `{name}`"),
+                other => other.into(),
+            })?;
+            println!("workspace_id: {id}");
+            println!("name:         {name}");
+        }
+        WorkspacesCommand::List => {
+            println!("{:<30}  {:<27}  NAME", "ID", "CREATED");
+            for workspace in db::workspaces::list(&mut conn)? {
+                println!(
+                    "{:<30}  {:<27}  {}",
+                    workspace.id,
+                    workspace
+                        .created_at
+                        .assume_utc()
+                        .format(&time::format_description::well_known::Rfc3339)?,
+                    workspace.name
+                );
             }
         }
     }

@@ -8,7 +8,7 @@ use super::secret::{self, ClientSecret};
 use crate::clock::to_db;
 use crate::db::models::ClientRow;
 use crate::db::{DbConnection, clients};
-use crate::domain::ClientId;
+use crate::domain::{ClientId, WorkspaceId};
 
 /// A client just registered, with the only copy of its secret.
 #[derive(Debug)]
@@ -17,12 +17,14 @@ pub struct NewClient {
     pub name: String,
     pub scopes: Scopes,
     pub secret: ClientSecret,
+    pub workspace: WorkspaceId,
 }
 
 pub fn create(
     conn: &mut DbConnection,
     name: &str,
     scopes: Scopes,
+    workspace: &WorkspaceId,
     now: OffsetDateTime,
 ) -> QueryResult<NewClient> {
     let id = ClientId::generate();
@@ -36,6 +38,7 @@ pub fn create(
             scopes: scopes.to_string(),
             created_at: to_db(now),
             revoked_at: None,
+            workspace_id: workspace.to_string(),
         },
     )?;
     Ok(NewClient {
@@ -43,6 +46,7 @@ pub fn create(
         name: name.to_owned(),
         scopes,
         secret,
+        workspace: workspace.clone(),
     })
 }
 
@@ -55,11 +59,19 @@ pub fn find_active(
     Ok(clients::find(conn, client_id.as_str())?.filter(|row| row.revoked_at.is_none()))
 }
 
-/// The client and the scopes it may ask for, if `presented` is the secret
-/// of `client`. Takes about as long when there is no such client, so
+/// A client whose secret was presented: what its tokens may carry.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub id: ClientId,
+    /// The scopes it may ask for.
+    pub scopes: Scopes,
+    pub workspace: WorkspaceId,
+}
+
+/// The client's credentials, if `presented` is the secret of `client`. Takes about as long when there is no such client, so
 /// response times do not tell which client ids exist. CPU-bound (argon2id):
 /// run it off the async workers.
-pub fn check_secret(client: Option<&ClientRow>, presented: &str) -> Option<(ClientId, Scopes)> {
+pub fn check_secret(client: Option<&ClientRow>, presented: &str) -> Option<Credentials> {
     let Some(row) = client else {
         secret::verify_against_nothing(presented);
         return None;
@@ -67,12 +79,20 @@ pub fn check_secret(client: Option<&ClientRow>, presented: &str) -> Option<(Clie
     if !secret::verify(presented, &row.secret_hash) {
         return None;
     }
-    let (Ok(id), Ok(scopes)) = (ClientId::parse(&row.id), Scopes::parse(&row.scopes)) else {
+    let (Ok(id), Ok(scopes), Ok(workspace)) = (
+        ClientId::parse(&row.id),
+        Scopes::parse(&row.scopes),
+        WorkspaceId::parse(&row.workspace_id),
+    ) else {
         tracing::error!(
             client_id = row.id,
-            "stored client has a malformed id or scopes"
+            "stored client has a malformed id, scopes or workspace"
         );
         return None;
     };
-    Some((id, scopes))
+    Some(Credentials {
+        id,
+        scopes,
+        workspace,
+    })
 }

@@ -33,7 +33,7 @@ use tokens::{TokenError, TokenPolicy};
 
 use crate::clock::SharedClock;
 use crate::db::Database;
-use crate::domain::ClientId;
+use crate::domain::{ClientId, WorkspaceId};
 use crate::error::ApiError;
 use crate::rate_limit::{Decision, Policy, RateLimiter};
 
@@ -107,6 +107,7 @@ struct Verified {
     kid: String,
     client_id: ClientId,
     scopes: Scopes,
+    workspace: WorkspaceId,
     not_before: i64,
     expires: i64,
 }
@@ -137,6 +138,8 @@ impl VerifiedTokens {
 pub struct Principal {
     pub client_id: ClientId,
     pub scopes: Scopes,
+    /// Everything it reads, writes or subscribes to is in this workspace.
+    pub workspace: WorkspaceId,
 }
 
 impl Authenticator {
@@ -166,6 +169,7 @@ impl Authenticator {
                     kid,
                     client_id: ClientId::parse(&claims.sub).map_err(|_| TokenError::Subject)?,
                     scopes: Scopes::parse(&claims.scope).map_err(|_| TokenError::Claims)?,
+                    workspace: claims.workspace()?,
                     not_before: claims.nbf.max(claims.iat),
                     expires: claims.exp,
                 };
@@ -173,12 +177,12 @@ impl Authenticator {
                 verified
             }
         };
-        if self.revocations.is_revoked(verified.client_id.as_str()) {
-            return Err(TokenError::ClientRevoked.into());
-        }
+        self.revocations
+            .check(verified.client_id.as_str(), &verified.workspace)?;
         Ok(Principal {
             client_id: verified.client_id,
             scopes: verified.scopes,
+            workspace: verified.workspace,
         })
     }
 
@@ -278,6 +282,8 @@ pub async fn authenticate_first(
 pub struct Caller<S> {
     pub client_id: ClientId,
     pub scopes: Scopes,
+    /// The workspace every query of the request is scoped to.
+    pub workspace: WorkspaceId,
     _scope: PhantomData<S>,
 }
 
@@ -328,6 +334,7 @@ impl<S: RequiredScope> Caller<S> {
         Ok(Self {
             client_id: principal.client_id,
             scopes: principal.scopes,
+            workspace: principal.workspace,
             _scope: PhantomData,
         })
     }

@@ -1,5 +1,5 @@
-//! Revoked clients, known in memory so that verifying a token costs no
-//! database query.
+//! Revoked clients, and every client's workspace, known in memory so that
+//! verifying a token costs no database query.
 //!
 //! The set is read at start and again every `refresh` interval. On
 //! PostgreSQL, `thinhook clients revoke` also sends a notification
@@ -7,13 +7,15 @@
 //! revocation takes effect within milliseconds on PostgreSQL, and within one
 //! refresh interval on SQLite (or if a notification is lost).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
+use super::tokens::TokenError;
 use crate::db::{Database, DbError, clients};
+use crate::domain::WorkspaceId;
 
 /// The `LISTEN`/`NOTIFY` channel that announces a revocation.
 pub const CHANNEL: &str = "thinhook_revocations";
@@ -21,6 +23,8 @@ pub const CHANNEL: &str = "thinhook_revocations";
 #[derive(Debug)]
 pub struct Revocations {
     revoked: RwLock<HashSet<String>>,
+    /// Each client's workspace, by client id.
+    workspaces: RwLock<HashMap<String, String>>,
     db: Database,
     /// Woken by a notification: read the set again now.
     pub changed: Arc<Notify>,
@@ -31,6 +35,7 @@ impl Revocations {
     pub async fn load(db: Database) -> Result<Self, DbError> {
         let revocations = Self {
             revoked: RwLock::default(),
+            workspaces: RwLock::default(),
             db,
             changed: Arc::new(Notify::new()),
         };
@@ -45,9 +50,33 @@ impl Revocations {
             .contains(client_id)
     }
 
+    /// Whether a token of `client_id` acting in `workspace` stands: the
+    /// client is not revoked and is (still) in that workspace. A client
+    /// registered since the last refresh is not known yet, and stands.
+    pub fn check(&self, client_id: &str, workspace: &WorkspaceId) -> Result<(), TokenError> {
+        if self.is_revoked(client_id) {
+            return Err(TokenError::ClientRevoked);
+        }
+        let workspaces = self.workspaces.read().unwrap_or_else(|p| p.into_inner());
+        match workspaces.get(client_id) {
+            Some(current) if current != workspace.as_str() => Err(TokenError::WorkspaceChanged),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn refresh(&self) -> Result<(), DbError> {
-        let revoked = self.db.run(clients::revoked_ids).await?;
-        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked.into_iter().collect();
+        let standing = self.db.run(clients::standing).await?;
+        let revoked = standing
+            .iter()
+            .filter(|client| client.revoked)
+            .map(|client| client.id.clone())
+            .collect();
+        let workspaces = standing
+            .into_iter()
+            .map(|client| (client.id, client.workspace_id))
+            .collect();
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked;
+        *self.workspaces.write().unwrap_or_else(|p| p.into_inner()) = workspaces;
         Ok(())
     }
 

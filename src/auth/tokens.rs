@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::keys::SigningKey;
 use super::scope::Scopes;
-use crate::domain::{ClientId, TokenId};
+use crate::domain::{ClientId, TokenId, WorkspaceId};
 
 pub const TOKEN_TYPE: &str = "at+jwt";
 
@@ -39,6 +39,20 @@ pub struct AccessClaims {
     pub exp: i64,
     pub jti: String,
     pub scope: String,
+    /// The client's workspace. Tokens issued before workspaces existed
+    /// have none: they are the default workspace's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wsp: Option<String>,
+}
+
+impl AccessClaims {
+    /// The workspace the token acts in.
+    pub fn workspace(&self) -> Result<WorkspaceId, TokenError> {
+        match &self.wsp {
+            Some(wsp) => WorkspaceId::parse(wsp).map_err(|_| TokenError::Claims),
+            None => Ok(WorkspaceId::default_workspace()),
+        }
+    }
 }
 
 /// Why a token was refused. The message goes into `error_description`; it
@@ -75,6 +89,8 @@ pub enum TokenError {
     Subject,
     #[error("the token's client has been revoked")]
     ClientRevoked,
+    #[error("the token's client is no longer in the token's workspace")]
+    WorkspaceChanged,
 }
 
 /// Signs a new access token; returns it with its claims.
@@ -83,6 +99,7 @@ pub fn issue(
     policy: &TokenPolicy,
     client_id: &ClientId,
     scopes: &Scopes,
+    workspace: &WorkspaceId,
     now: OffsetDateTime,
 ) -> Result<(String, AccessClaims), jsonwebtoken::errors::Error> {
     let iat = now.unix_timestamp();
@@ -96,6 +113,7 @@ pub fn issue(
         exp: iat + i64::try_from(policy.lifetime.as_secs()).unwrap_or(i64::MAX),
         jti: TokenId::generate().to_string(),
         scope: scopes.to_string(),
+        wsp: Some(workspace.to_string()),
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.typ = Some(TOKEN_TYPE.to_owned());
@@ -200,9 +218,16 @@ mod tests {
     /// A token for a new client with every scope, issued at `now`.
     fn token_at(signing: &SigningKey, now: OffsetDateTime) -> String {
         let client = ClientId::generate();
-        issue(signing, &policy(), &client, &Scopes::all(), now)
-            .unwrap()
-            .0
+        issue(
+            signing,
+            &policy(),
+            &client,
+            &Scopes::all(),
+            &WorkspaceId::default_workspace(),
+            now,
+        )
+        .unwrap()
+        .0
     }
 
     #[test]
@@ -211,11 +236,14 @@ mod tests {
         let client = ClientId::generate();
         let now = OffsetDateTime::now_utc();
         let scopes = Scopes::parse("messages:read").unwrap();
-        let (token, issued) = issue(&signing, &policy(), &client, &scopes, now).unwrap();
+        let workspace = WorkspaceId::generate();
+        let (token, issued) =
+            issue(&signing, &policy(), &client, &scopes, &workspace, now).unwrap();
 
         assert_eq!(key_id(&token), Ok(signing.kid.clone()));
         let claims = verify(&token, &decoding, &policy(), now).unwrap();
         assert_eq!(claims, issued);
+        assert_eq!(claims.workspace(), Ok(workspace));
         assert_eq!(claims.sub, client.to_string());
         assert_eq!(claims.exp - claims.iat, 900);
         assert_eq!(claims.scope, "messages:read");

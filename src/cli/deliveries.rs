@@ -399,6 +399,7 @@ mod tests {
             created_at: datetime!(2026-11-29 12:00:00),
             feed_position: None,
             traceparent: None,
+            workspace_id: "wsp_00000000000000000000000000".into(),
         }
     }
 

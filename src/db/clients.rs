@@ -22,12 +22,27 @@ pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<ClientRow>>
         .optional()
 }
 
-/// The ids of revoked clients.
-pub fn revoked_ids(conn: &mut DbConnection) -> QueryResult<Vec<String>> {
-    clients::table
-        .filter(clients::revoked_at.is_not_null())
-        .select(clients::id)
-        .load(conn)
+/// What a token's verification needs to know of a client.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    pub id: String,
+    pub workspace_id: String,
+    pub revoked: bool,
+}
+
+/// Every client's standing.
+pub fn standing(conn: &mut DbConnection) -> QueryResult<Vec<Standing>> {
+    let rows: Vec<(String, String, Option<PrimitiveDateTime>)> = clients::table
+        .select((clients::id, clients::workspace_id, clients::revoked_at))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, workspace_id, revoked_at)| Standing {
+            id,
+            workspace_id,
+            revoked: revoked_at.is_some(),
+        })
+        .collect())
 }
 
 pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<ClientRow>> {

@@ -1,29 +1,37 @@
-//! Repository functions for events.
+//! Repository functions for events: each reads one workspace's.
 
 use diesel::prelude::*;
 
 use super::DbConnection;
 use super::models::EventRow;
 use super::schema::{events, feed_retention};
+use crate::domain::WorkspaceId;
 
-pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<EventRow>> {
+pub fn find(
+    conn: &mut DbConnection,
+    workspace: &WorkspaceId,
+    id: &str,
+) -> QueryResult<Option<EventRow>> {
     events::table
         .find(id)
+        .filter(events::workspace_id.eq(workspace.as_str()))
         .select(EventRow::as_select())
         .first(conn)
         .optional()
 }
 
-/// A page of the feed: events after `after`, oldest first, optionally
-/// only of some types or one message.
+/// A page of `workspace`'s feed: events after `after`, oldest first,
+/// optionally only of some types or one message.
 pub fn feed(
     conn: &mut DbConnection,
+    workspace: &str,
     after: i64,
     types: &[&str],
     message_id: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<EventRow>> {
     let mut query = events::table
+        .filter(events::workspace_id.eq(workspace))
         .filter(events::feed_position.gt(after))
         .order(events::feed_position.asc())
         .select(EventRow::as_select())
@@ -41,6 +49,8 @@ pub fn feed(
 /// What a feed read asks for.
 #[derive(Debug, Clone)]
 pub struct FeedQuery {
+    /// Whose feed.
+    pub workspace: String,
     /// The cursor's position; `None` reads from the oldest retained event.
     pub after: Option<i64>,
     /// Only these event types; empty: all.
@@ -68,6 +78,7 @@ pub enum FeedRead {
 pub fn read_feed(conn: &mut DbConnection, query: &FeedQuery) -> QueryResult<FeedRead> {
     let rows = feed(
         conn,
+        &query.workspace,
         query.after.unwrap_or(0),
         &query.types,
         query.message_id.as_deref(),

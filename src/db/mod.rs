@@ -50,6 +50,7 @@ pub mod queue;
 pub mod schema;
 pub mod signing_keys;
 pub mod subscriptions;
+pub mod workspaces;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use time::PrimitiveDateTime;
 
 use super::schema::{
     clients, comments, deliveries, delivery_attempts, events, idempotency_keys, messages,
-    signing_keys, subscriptions,
+    signing_keys, subscriptions, workspaces,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -20,6 +20,7 @@ pub struct MessageRow {
     pub author_client_id: Option<String>,
     /// The sequence number of the message's latest event.
     pub last_sequence: i64,
+    pub workspace_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -30,6 +31,7 @@ pub struct CommentRow {
     pub text: String,
     pub created_at: PrimitiveDateTime,
     pub author_client_id: Option<String>,
+    pub workspace_id: String,
 }
 
 #[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -41,6 +43,7 @@ pub struct ClientRow {
     pub scopes: String,
     pub created_at: PrimitiveDateTime,
     pub revoked_at: Option<PrimitiveDateTime>,
+    pub workspace_id: String,
 }
 
 impl std::fmt::Debug for ClientRow {
@@ -109,6 +112,7 @@ pub struct SubscriptionRow {
     pub verified_at: Option<PrimitiveDateTime>,
     /// Requests per minute the receiver allowed; `None`: no limit.
     pub allowed_rate: Option<i32>,
+    pub workspace_id: String,
 }
 
 impl SubscriptionRow {
@@ -236,6 +240,7 @@ pub struct EventRow {
     pub feed_position: Option<i64>,
     /// The W3C `traceparent` of the request that created the event.
     pub traceparent: Option<String>,
+    pub workspace_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -295,4 +300,13 @@ impl std::fmt::Debug for IdempotencyRow {
             .field("created_at", &self.created_at)
             .finish_non_exhaustive()
     }
+}
+
+/// A tenant: its clients and everything they write and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = workspaces)]
+pub struct WorkspaceRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: PrimitiveDateTime,
 }

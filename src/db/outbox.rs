@@ -60,10 +60,11 @@ impl Resource {
         }
     }
 
-    fn message_id(&self) -> &str {
+    /// The workspace it is written in, and its message, in that workspace.
+    fn message_in(&self) -> (&str, &str) {
         match self {
-            Self::Message { row, .. } => &row.id,
-            Self::Comment(row) => &row.message_id,
+            Self::Message { row, .. } => (&row.workspace_id, &row.id),
+            Self::Comment(row) => (&row.workspace_id, &row.message_id),
         }
     }
 
@@ -125,7 +126,7 @@ pub fn publish_all(
     let mut sequences = next_sequences(conn, items)?;
     let accepted: Vec<&Publication> = items
         .iter()
-        .filter(|item| sequences.contains_key(item.resource.message_id()))
+        .filter(|item| sequences.contains_key(&item.resource.message_in()))
         .collect();
     let new_comments: Vec<CommentRow> = accepted
         .iter()
@@ -146,11 +147,13 @@ pub fn publish_all(
         .iter()
         .map(|item| {
             let (resource_type, resource_id) = item.resource.identity();
-            let message_id = item.resource.message_id();
-            let sequence = sequences.get_mut(message_id).map_or(0, |next| {
-                *next += 1;
-                *next - 1
-            });
+            let (workspace, message_id) = item.resource.message_in();
+            let sequence = sequences
+                .get_mut(&(workspace, message_id))
+                .map_or(0, |next| {
+                    *next += 1;
+                    *next - 1
+                });
             EventRow {
                 id: EventId::generate().to_string(),
                 event_type: item.resource.event_type().as_str().to_owned(),
@@ -162,6 +165,7 @@ pub fn publish_all(
                 created_at: item.resource.created_at(),
                 feed_position: None,
                 traceparent: item.traceparent.clone(),
+                workspace_id: workspace.to_owned(),
             }
         })
         .collect();
@@ -244,30 +248,36 @@ pub fn publish_all(
     Ok((results, leased))
 }
 
-/// Takes the next sequence numbers of the messages the items are about; per
-/// message that exists, the first number its new events get. Updating the
+/// Takes the next sequence numbers of the messages the items are about;
+/// per `(workspace, message)` that exists, the first number its new events
+/// get (a comment on another workspace's message finds none). Updating the
 /// message row locks it, so concurrent writers get distinct, gap-free
 /// numbers; messages are updated in id order, so two writers never wait on
 /// each other in turn.
-fn next_sequences(
+fn next_sequences<'a>(
     conn: &mut DbConnection,
-    items: &[Publication],
-) -> QueryResult<HashMap<String, i64>> {
-    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    items: &'a [Publication],
+) -> QueryResult<HashMap<(&'a str, &'a str), i64>> {
+    let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for item in items {
-        *counts.entry(item.resource.message_id()).or_default() += 1;
+        let (workspace, message) = item.resource.message_in();
+        *counts.entry((message, workspace)).or_default() += 1;
     }
     let mut first = HashMap::with_capacity(counts.len());
-    for (message_id, count) in counts {
+    for ((message_id, workspace), count) in counts {
         let last = Fixed::new(
-            "UPDATE messages SET last_sequence = last_sequence + ? WHERE id = ?
+            "UPDATE messages SET last_sequence = last_sequence + ? WHERE id = ? AND workspace_id = ?
              RETURNING last_sequence AS value",
-            [Bind::BigInt(count), Bind::Text(message_id)],
+            [
+                Bind::BigInt(count),
+                Bind::Text(message_id),
+                Bind::Text(workspace),
+            ],
         )
         .load::<Counter>(conn)?
         .pop();
         if let Some(last) = last {
-            first.insert(message_id.to_owned(), last.value - count + 1);
+            first.insert((workspace, message_id), last.value - count + 1);
         }
     }
     Ok(first)
@@ -280,20 +290,23 @@ struct Counter {
     value: i64,
 }
 
-/// Per item, the subscriptions its event goes to, in id order; one query per
-/// event type and message (usually one), each row shared.
+/// Per item, the subscriptions its event goes to (of its own workspace
+/// only), in id order; one query per event type and message (usually one),
+/// each row shared.
 fn matching(
     conn: &mut DbConnection,
     items: &[&Publication],
 ) -> QueryResult<Vec<Vec<Arc<SubscriptionRow>>>> {
-    let pairs: BTreeSet<(EventType, &str)> = items
+    /// An event type on a message of a workspace: `(type, (workspace, message))`.
+    type Key<'a> = (EventType, (&'a str, &'a str));
+    let keys: BTreeSet<Key<'_>> = items
         .iter()
-        .map(|item| (item.resource.event_type(), item.resource.message_id()))
+        .map(|item| (item.resource.event_type(), item.resource.message_in()))
         .collect();
     let mut shared: HashMap<String, Arc<SubscriptionRow>> = HashMap::new();
-    let mut by_pair: HashMap<(EventType, &str), Vec<Arc<SubscriptionRow>>> = HashMap::new();
-    for (event_type, message_id) in pairs {
-        let rows = subscriptions::matching(conn, event_type, message_id)?
+    let mut by_key: HashMap<Key<'_>, Vec<Arc<SubscriptionRow>>> = HashMap::new();
+    for (event_type, (workspace, message_id)) in keys {
+        let rows = subscriptions::matching(conn, workspace, event_type, message_id)?
             .into_iter()
             .map(|row| {
                 shared
@@ -302,11 +315,11 @@ fn matching(
                     .clone()
             })
             .collect();
-        by_pair.insert((event_type, message_id), rows);
+        by_key.insert((event_type, (workspace, message_id)), rows);
     }
     Ok(items
         .iter()
-        .map(|item| by_pair[&(item.resource.event_type(), item.resource.message_id())].clone())
+        .map(|item| by_key[&(item.resource.event_type(), item.resource.message_in())].clone())
         .collect())
 }
 

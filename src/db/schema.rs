@@ -8,6 +8,7 @@ diesel::table! {
         scopes -> Text,
         created_at -> Timestamp,
         revoked_at -> Nullable<Timestamp>,
+        workspace_id -> Text,
     }
 }
 
@@ -18,6 +19,7 @@ diesel::table! {
         text -> Text,
         created_at -> Timestamp,
         author_client_id -> Nullable<Text>,
+        workspace_id -> Text,
     }
 }
 
@@ -63,6 +65,7 @@ diesel::table! {
         created_at -> Timestamp,
         feed_position -> Nullable<BigInt>,
         traceparent -> Nullable<Text>,
+        workspace_id -> Text,
     }
 }
 
@@ -101,6 +104,7 @@ diesel::table! {
         created_at -> Timestamp,
         author_client_id -> Nullable<Text>,
         last_sequence -> BigInt,
+        workspace_id -> Text,
     }
 }
 
@@ -139,6 +143,15 @@ diesel::table! {
         verification_error -> Nullable<Text>,
         verified_at -> Nullable<Timestamp>,
         allowed_rate -> Nullable<Integer>,
+        workspace_id -> Text,
+    }
+}
+
+diesel::table! {
+    workspaces (id) {
+        id -> Text,
+        name -> Text,
+        created_at -> Timestamp,
     }
 }
 
@@ -168,4 +181,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     signing_keys,
     subscriptions,
     workers,
+    workspaces,
 );

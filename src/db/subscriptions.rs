@@ -12,7 +12,7 @@ use super::deliveries::Verdict;
 use super::fixed::{Bind, Fixed};
 use super::models::{Format, SubscriptionRow, Verification};
 use super::schema::subscriptions;
-use crate::domain::{EventType, EventTypes};
+use crate::domain::{EventType, EventTypes, WorkspaceId};
 
 pub fn insert(conn: &mut DbConnection, row: &SubscriptionRow) -> QueryResult<()> {
     diesel::insert_into(subscriptions::table)
@@ -37,6 +37,7 @@ pub struct Quota {
 pub fn quota_refusal(
     conn: &mut DbConnection,
     owner: &str,
+    workspace: &WorkspaceId,
     message_id: Option<&str>,
     quota: Quota,
 ) -> QueryResult<Option<String>> {
@@ -50,7 +51,9 @@ pub fn quota_refusal(
             quota.per_client
         )));
     }
+    // Events match only subscriptions of their own workspace.
     let unfiltered: i64 = subscriptions::table
+        .filter(subscriptions::workspace_id.eq(workspace.as_str()))
         .filter(subscriptions::message_id.is_null())
         .count()
         .get_result(conn)?;
@@ -61,6 +64,7 @@ pub fn quota_refusal(
             .count()
             .get_result(conn)?,
         None => subscriptions::table
+            .filter(subscriptions::workspace_id.eq(workspace.as_str()))
             .filter(subscriptions::message_id.is_not_null())
             .group_by(subscriptions::message_id)
             .select(diesel::dsl::count_star())
@@ -387,10 +391,11 @@ pub fn delete_owned(conn: &mut DbConnection, id: &str, owner: &str) -> QueryResu
     Ok(deleted)
 }
 
-/// The enabled subscriptions that want `event_type` on `message_id` (those
-/// without a message filter included), in id order.
+/// The enabled subscriptions of `workspace` that want `event_type` on
+/// `message_id` (those without a message filter included), in id order.
 pub fn matching(
     conn: &mut DbConnection,
+    workspace: &str,
     event_type: EventType,
     message_id: &str,
 ) -> QueryResult<Vec<SubscriptionRow>> {
@@ -398,14 +403,16 @@ pub fn matching(
     // Two halves, each served by its own index (an `OR` could scan them all).
     Fixed::new(
         "SELECT * FROM subscriptions
-         WHERE message_id IS NULL AND enabled = 1 AND event_types LIKE ?
+         WHERE workspace_id = ? AND message_id IS NULL AND enabled = 1 AND event_types LIKE ?
          UNION ALL
          SELECT * FROM subscriptions
-         WHERE message_id = ? AND enabled = 1 AND event_types LIKE ?
+         WHERE message_id = ? AND workspace_id = ? AND enabled = 1 AND event_types LIKE ?
          ORDER BY id",
         [
+            Bind::Text(workspace),
             Bind::Text(&pattern),
             Bind::Text(message_id),
+            Bind::Text(workspace),
             Bind::Text(&pattern),
         ],
     )

@@ -764,6 +764,7 @@ mod tests {
                 created_at: at,
                 feed_position: Some(1),
                 traceparent: None,
+                workspace_id: "wsp_00000000000000000000000000".into(),
             }),
             delivered_before: false,
             subscription: subscription.clone(),
@@ -795,6 +796,7 @@ mod tests {
             verification_error: None,
             verified_at: None,
             allowed_rate: None,
+            workspace_id: "wsp_00000000000000000000000000".into(),
         })
     }
 

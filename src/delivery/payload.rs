@@ -156,6 +156,7 @@ mod tests {
             created_at: time::macros::datetime!(2026-11-28 10:00:00),
             feed_position: Some(7),
             traceparent: None,
+            workspace_id: "wsp_00000000000000000000000000".into(),
         }
     }
 

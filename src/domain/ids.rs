@@ -135,6 +135,21 @@ typed_id!(
     TokenId, "tok", "token"
 );
 typed_id!(
+    /// Identifies a workspace, a tenant: `wsp_…`.
+    WorkspaceId, "wsp", "workspace"
+);
+
+impl WorkspaceId {
+    /// The workspace every client and resource made before workspaces
+    /// existed belongs to, and new clients by default.
+    pub const DEFAULT: &'static str = "wsp_00000000000000000000000000";
+
+    pub fn default_workspace() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+typed_id!(
     /// Identifies a webhook subscription: `sub_…`.
     SubscriptionId, "sub", "subscription"
 );

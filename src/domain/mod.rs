@@ -14,6 +14,7 @@ pub use event_type::{EventType, EventTypes};
 pub use idempotency_key::IdempotencyKey;
 pub use ids::{
     ClientId, CommentId, DeliveryId, EventId, MessageId, RequestId, SubscriptionId, TokenId,
+    WorkspaceId,
 };
 pub use page::PageLimit;
 pub use signing_secret::SigningSecret;

@@ -41,7 +41,7 @@ fn event_json(event: &EventRow, base: &str) -> serde_json::Value {
 }
 
 async fn feed(
-    _caller: Caller<EventsRead>,
+    caller: Caller<EventsRead>,
     state: web::Data<AppState>,
     params: web::Query<FeedParams>,
 ) -> Result<web::Json<Page<serde_json::Value>>, ApiError> {
@@ -74,6 +74,7 @@ async fn feed(
         .transpose()
         .map_err(|e| ApiError::InvalidRequest(format!("`message_id`: {e}")))?;
     let query = repo::FeedQuery {
+        workspace: caller.workspace.to_string(),
         after,
         types,
         message_id: message_id.map(|id| id.to_string()),
@@ -99,15 +100,15 @@ async fn feed(
 }
 
 async fn get(
-    _caller: Caller<EventsRead>,
+    caller: Caller<EventsRead>,
     state: web::Data<AppState>,
     path: web::Path<EventPath>,
 ) -> Result<web::Json<serde_json::Value>, ApiError> {
     let id = path.into_inner().id;
-    let lookup = id.to_string();
+    let (lookup, workspace) = (id.to_string(), caller.workspace);
     let event = state
         .db
-        .run(move |conn| repo::find(conn, &lookup))
+        .run(move |conn| repo::find(conn, &workspace, &lookup))
         .await?
         .ok_or_else(|| ApiError::not_found("event", &id))?;
     Ok(web::Json(event_json(&event, state.links.base())))

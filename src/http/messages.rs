@@ -20,7 +20,7 @@ use crate::db::deliveries::FetchMark;
 use crate::db::messages as repo;
 use crate::db::models::{CommentRow, Format, MessageRow};
 use crate::db::outbox::{Publication, Resource};
-use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text};
+use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text, WorkspaceId};
 use crate::error::ApiError;
 use crate::trace::TraceParent;
 
@@ -146,11 +146,11 @@ async fn create_message(
     let subscription = match &body.new_comment_webhook {
         Some(url) => {
             let url = subscriptions::vet_url(&state, "newCommentWebhook", url).await?;
-            check_quota(&state, &caller.client_id, &id).await?;
+            check_quota(&state, &caller.client_id, &caller.workspace, &id).await?;
             let types = EventTypes::one(EventType::CommentCreated);
             Some(subscriptions::new_subscription(
                 &state,
-                &caller.client_id,
+                (&caller.client_id, &caller.workspace),
                 subscriptions::Wanted {
                     url: &url,
                     event_types: &types,
@@ -170,6 +170,7 @@ async fn create_message(
         created_at: now,
         author_client_id: Some(caller.client_id.to_string()),
         last_sequence: 0,
+        workspace_id: caller.workspace.to_string(),
     };
     let resource_path = Links::message_path(&id);
     let subscription_row = subscription.as_ref().map(|s| Box::new(s.row.clone()));
@@ -202,17 +203,19 @@ async fn create_message(
 async fn check_quota(
     state: &AppState,
     client: &ClientId,
+    workspace: &WorkspaceId,
     message: &MessageId,
 ) -> Result<(), ApiError> {
-    let (owner, message, quota) = (
+    let (owner, workspace, message, quota) = (
         client.to_string(),
+        workspace.clone(),
         message.to_string(),
         state.webhooks.quota,
     );
     let refusal = state
         .db
         .run(move |conn| {
-            crate::db::subscriptions::quota_refusal(conn, &owner, Some(&message), quota)
+            crate::db::subscriptions::quota_refusal(conn, &owner, &workspace, Some(&message), quota)
         })
         .await?;
     refusal.map_or(Ok(()), |refusal| Err(ApiError::QuotaExceeded(refusal)))
@@ -225,10 +228,10 @@ async fn get_message(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner().message_id;
-    let lookup = id.clone();
+    let (lookup, workspace) = (id.clone(), caller.workspace.clone());
     let row = state
         .db
-        .run(move |conn| repo::find_message(conn, &lookup))
+        .run(move |conn| repo::find_message(conn, &workspace, &lookup))
         .await?
         .ok_or_else(|| ApiError::not_found("message", &id))?;
     record_fetch(&state, &caller, &row.id);
@@ -256,6 +259,7 @@ async fn create_comment(
         text: text.into_string(),
         created_at: now,
         author_client_id: Some(caller.client_id.to_string()),
+        workspace_id: caller.workspace.to_string(),
     };
     let resource_path = Links::comment_path(&message_id, &comment_id);
     let (created, idempotency) = once.created(
@@ -291,10 +295,14 @@ async fn get_comment(
         message_id,
         comment_id,
     } = path.into_inner();
-    let (m, c) = (message_id.clone(), comment_id.clone());
+    let (m, c, workspace) = (
+        message_id.clone(),
+        comment_id.clone(),
+        caller.workspace.clone(),
+    );
     let row = state
         .db
-        .run(move |conn| repo::find_comment(conn, &m, &c))
+        .run(move |conn| repo::find_comment(conn, &workspace, &m, &c))
         .await?
         .ok_or_else(|| ApiError::not_found("comment", &comment_id))?;
     record_fetch(&state, &caller, &row.id);
@@ -341,7 +349,7 @@ fn fetch_response(req: &HttpRequest, resource: &impl Serialize) -> HttpResponse 
 }
 
 async fn list_comments(
-    _caller: Caller<MessagesRead>,
+    caller: Caller<MessagesRead>,
     state: web::Data<AppState>,
     path: web::Path<MessagePath>,
     params: web::Query<PageParams>,
@@ -349,15 +357,15 @@ async fn list_comments(
     let message_id = path.into_inner().message_id;
     let limit = params.limit()?;
     let after = params.after(CommentId::parse)?;
-    let lookup = message_id.clone();
+    let (lookup, workspace) = (message_id.clone(), caller.workspace.clone());
     let rows = state
         .db
         .run(move |conn| {
-            if !repo::message_exists(conn, &lookup)? {
+            if !repo::message_exists(conn, &workspace, &lookup)? {
                 return Ok(None);
             }
             let fetch = i64::from(limit.get()) + 1;
-            repo::list_comments(conn, &lookup, after.as_ref(), fetch).map(Some)
+            repo::list_comments(conn, &workspace, &lookup, after.as_ref(), fetch).map(Some)
         })
         .await?
         .ok_or_else(|| ApiError::not_found("message", &message_id))?;

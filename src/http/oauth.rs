@@ -252,17 +252,17 @@ async fn issue_token(
         .run(move |conn| auth::clients::find_active(conn, &lookup))
         .await
         .map_err(ApiError::from)?;
-    let (id, allowed) = check_secret(&authenticator, client, client_secret)
+    let credentials = check_secret(&authenticator, client, client_secret)
         .await?
         .ok_or(OAuthError::InvalidClient { basic })?;
     let scopes = match requested {
-        Some(requested) if !requested.is_subset(&allowed) => {
+        Some(requested) if !requested.is_subset(&credentials.scopes) => {
             return Err(OAuthError::InvalidScope(
                 "the requested scope exceeds what this client may ask for".into(),
             ));
         }
         Some(requested) if !requested.is_empty() => requested,
-        _ => allowed,
+        _ => credentials.scopes.clone(),
     };
 
     let auth = authenticator.clone();
@@ -273,8 +273,15 @@ async fn issue_token(
                 .keys
                 .signing_key(conn)
                 .and_then(|key| {
-                    auth::tokens::issue(&key, &auth.policy, &id, &scopes, auth.clock.now_utc())
-                        .map_err(anyhow::Error::from)
+                    auth::tokens::issue(
+                        &key,
+                        &auth.policy,
+                        &credentials.id,
+                        &scopes,
+                        &credentials.workspace,
+                        auth.clock.now_utc(),
+                    )
+                    .map_err(anyhow::Error::from)
                 })
                 .map_err(|e| OAuthError::Server(ApiError::Internal(e)));
             Ok(signed.map(|(token, claims)| (token, claims.scope)))
@@ -326,7 +333,7 @@ async fn check_secret(
     authenticator: &Authenticator,
     client: Option<ClientRow>,
     presented: String,
-) -> Result<Option<(ClientId, Scopes)>, OAuthError> {
+) -> Result<Option<auth::clients::Credentials>, OAuthError> {
     let permit = tokio::time::timeout(
         SECRET_CHECK_WAIT,
         authenticator.limits.secret_checks.clone().acquire_owned(),

@@ -20,7 +20,7 @@ use crate::db::subscriptions::VerificationColumns;
 use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
 use crate::domain::{
     ClientId, DeliveryId, Description, EventTypes, MessageId, SigningSecret, SubscriptionId,
-    WebhookUrl,
+    WebhookUrl, WorkspaceId,
 };
 use crate::error::ApiError;
 
@@ -250,7 +250,11 @@ pub struct Wanted<'a> {
 }
 
 /// Builds a subscription with a fresh secret, sealed for storage.
-pub fn new_subscription(state: &AppState, owner: &ClientId, wanted: Wanted<'_>) -> NewSubscription {
+pub fn new_subscription(
+    state: &AppState,
+    (owner, workspace): (&ClientId, &WorkspaceId),
+    wanted: Wanted<'_>,
+) -> NewSubscription {
     let Wanted {
         url,
         event_types,
@@ -286,6 +290,7 @@ pub fn new_subscription(state: &AppState, owner: &ClientId, wanted: Wanted<'_>) 
         verification_error: verification.verification_error,
         verified_at: verification.verified_at,
         allowed_rate: verification.allowed_rate,
+        workspace_id: workspace.to_string(),
     };
     NewSubscription { row, secret }
 }
@@ -344,7 +349,7 @@ async fn create(
     let url = vet_url(&state, "url", &body.url).await?;
     let new = new_subscription(
         &state,
-        &caller.client_id,
+        (&caller.client_id, &caller.workspace),
         Wanted {
             url: &url,
             event_types: &event_types,
@@ -357,20 +362,20 @@ async fn create(
     let row = new.row.clone();
     let location = state.links.absolute(&format!("/subscriptions/{}", row.id));
     let (created, stored) = once.created(&state, location, &new.into_response())?;
-    let quota = state.webhooks.quota;
+    let (quota, workspace) = (state.webhooks.quota, caller.workspace.clone());
     // Counted and inserted by the one writer, so concurrent requests of this
     // process cannot pass the quota together.
     state
         .writer
         .run(move |conn| {
             if let Some(message_id) = &message_id
-                && !message_repo::message_exists(conn, message_id)?
+                && !message_repo::message_exists(conn, &workspace, message_id)?
             {
                 return Ok(Err(validation("message_id", "names no existing message")));
             }
             let message_id = message_id.as_ref().map(MessageId::as_str);
             if let Some(refusal) =
-                repo::quota_refusal(conn, &row.owner_client_id, message_id, quota)?
+                repo::quota_refusal(conn, &row.owner_client_id, &workspace, message_id, quota)?
             {
                 return Ok(Err(ApiError::QuotaExceeded(refusal)));
             }

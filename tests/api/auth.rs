@@ -82,7 +82,7 @@ async fn assert_oauth_error(response: Response, status: StatusCode, error: &str)
 }
 
 /// The server's current signing key, read from its database.
-async fn server_signing_key(app: &TestApp) -> SigningKey {
+pub(crate) async fn server_signing_key(app: &TestApp) -> SigningKey {
     let db = app.db.clone();
     let row = tokio::task::spawn_blocking(move || {
         db::signing_keys::active(
@@ -97,7 +97,7 @@ async fn server_signing_key(app: &TestApp) -> SigningKey {
     SigningKey::from_row(&row, &app.secrets()).unwrap()
 }
 
-fn server_policy(app: &TestApp) -> TokenPolicy {
+pub(crate) fn server_policy(app: &TestApp) -> TokenPolicy {
     TokenPolicy {
         issuer: app.address.clone(),
         audience: app.settings.auth.audience.clone(),
@@ -277,7 +277,7 @@ backend_tests! {
         let secrets = app.secrets();
         let foreign = SigningKey::from_row(&keys::generate_row(app.clock.now_utc(), &secrets, thinhook::db::signing_keys::Purpose::Tokens).unwrap(), &secrets).unwrap();
         let client = ClientId::parse(&app.user.id).unwrap();
-        let (token, _) = tokens::issue(&foreign, &server_policy(app), &client, &Scopes::all(), app.clock.now_utc()).unwrap();
+        let (token, _) = tokens::issue(&foreign, &server_policy(app), &client, &Scopes::all(), &thinhook::domain::WorkspaceId::default_workspace(), app.clock.now_utc()).unwrap();
         assert_invalid_token(read_something(app, &token).await).await;
     }
 
@@ -297,7 +297,7 @@ backend_tests! {
         let key = server_signing_key(app).await;
         let client = ClientId::parse(&app.user.id).unwrap();
         let future = app.clock.now_utc() + Duration::from_secs(3600);
-        let (token, _) = tokens::issue(&key, &server_policy(app), &client, &Scopes::all(), future).unwrap();
+        let (token, _) = tokens::issue(&key, &server_policy(app), &client, &Scopes::all(), &thinhook::domain::WorkspaceId::default_workspace(), future).unwrap();
         assert_invalid_token(read_something(app, &token).await).await;
     }
 
@@ -308,11 +308,11 @@ backend_tests! {
         let wrong_aud = TokenPolicy { audience: "another-api".into(), ..server_policy(app) };
         let wrong_iss = TokenPolicy { issuer: "https://evil.example".into(), ..server_policy(app) };
         for policy in [wrong_aud, wrong_iss] {
-            let (token, _) = tokens::issue(&key, &policy, &client, &Scopes::all(), now).unwrap();
+            let (token, _) = tokens::issue(&key, &policy, &client, &Scopes::all(), &thinhook::domain::WorkspaceId::default_workspace(), now).unwrap();
             assert_invalid_token(read_something(app, &token).await).await;
         }
         // The control: the same forging with the right policy is accepted.
-        let (token, _) = tokens::issue(&key, &server_policy(app), &client, &Scopes::all(), now).unwrap();
+        let (token, _) = tokens::issue(&key, &server_policy(app), &client, &Scopes::all(), &thinhook::domain::WorkspaceId::default_workspace(), now).unwrap();
         assert_eq!(read_something(app, &token).await.status(), StatusCode::OK);
     }
 

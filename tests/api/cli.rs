@@ -18,6 +18,7 @@ use crate::lifecycle::thinhook;
 use crate::listen::{Running, free_port};
 use crate::receiver::{Receiver, Reply};
 use crate::webhooks::{deliveries_of, id, subscribe};
+use thinhook::domain::WorkspaceId;
 
 /// What a command printed, and how it ended.
 #[derive(Debug)]
@@ -181,6 +182,38 @@ backend_tests_with_backend! {
         assert!(run(&app, &["deliveries", "list", "--status", "failed"]).await.ok().rows().is_empty());
         let everything = run(&app, &[&replay[..], &["--include", "all"]].concat()).await.ok();
         assert!(everything.stdout.starts_with("requeued 3 finished deliveries"), "{everything:#?}");
+    }
+
+    async fn the_operator_makes_workspaces_and_clients_in_them(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let created = run(&app, &["workspaces", "create", "--name", "acme"]).await.ok();
+        let workspace = created.stdout.split("workspace_id:").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+        assert!(workspace.starts_with("wsp_"), "{created:#?}");
+        let listed = run(&app, &["workspaces", "list"]).await.ok();
+        let rows = listed.rows();
+        assert_eq!(rows.len(), 2, "default and acme: {listed:#?}");
+        assert!(rows.iter().any(|row| row.contains(&workspace) && row.ends_with("acme")));
+        assert!(rows.iter().any(|row| row.contains(WorkspaceId::DEFAULT) && row.ends_with("default")));
+        let again = run(&app, &["workspaces", "create", "--name", "acme"]).await.failed();
+        assert!(again.error_line().contains("already named `acme`"), "{again:#?}");
+
+        let client = run(&app, &["clients", "create", "--name", "acme-bot", "--workspace", &workspace]).await.ok();
+        assert!(client.stdout.contains(&format!("workspace:     {workspace}")), "{client:#?}");
+        let client_id = client.stdout.split("client_id:").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+        let secret = client.stdout.split("client_secret:").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+        let clients = run(&app, &["clients", "list"]).await.ok();
+        assert!(clients.rows().iter().any(|row| row.starts_with(&client_id) && row.contains(&workspace)), "{clients:#?}");
+        let default = run(&app, &["clients", "create", "--name", "plain"]).await.ok();
+        assert!(default.stdout.contains(WorkspaceId::DEFAULT), "{default:#?}");
+        for bad in ["wsp_00000000000000000000000001", "acme"] {
+            let refused = run(&app, &["clients", "create", "--name", "x", "--workspace", bad]).await.failed();
+            assert!(refused.error_line().contains("workspace"), "{refused:#?}");
+        }
+
+        // The client's tokens act in its workspace: the default one's data is not there.
+        let token = app.token_for(&client_id, &secret, None).await;
+        let message = id(&app.create_message("in default").await);
+        assert_eq!(app.get_with_token(&format!("/messages/{message}"), &token).await.status(), reqwest::StatusCode::NOT_FOUND);
     }
 
     async fn a_retry_from_the_command_line_reaches_a_running_gateway(backend: Backend) {

@@ -65,6 +65,7 @@ fn message_row(app: &TestApp, id: &str) -> MessageRow {
         created_at: thinhook::clock::to_db(app.clock.now_utc()),
         author_client_id: None,
         last_sequence: 0,
+        workspace_id: thinhook::domain::WorkspaceId::DEFAULT.into(),
     }
 }
 
@@ -76,6 +77,7 @@ fn comment_on(app: &TestApp, message_id: &str, comment_id: &str) -> Publication 
             text: "c".into(),
             created_at: thinhook::clock::to_db(app.clock.now_utc()),
             author_client_id: None,
+            workspace_id: thinhook::domain::WorkspaceId::DEFAULT.into(),
         }),
         resource_path: format!("/messages/{message_id}/comments/{comment_id}"),
         traceparent: None,

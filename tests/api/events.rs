@@ -271,7 +271,7 @@ mod own_app {
                         *removed = Some(write_transaction(&mut conn, |c| events::prune(c, before, 1_000)).map_err(|e| e.to_string()));
                     }
                 });
-                let query = events::FeedQuery { after: Some(1), types: Vec::new(), message_id: None, limit: 100 };
+                let query = events::FeedQuery { workspace: thinhook::domain::WorkspaceId::DEFAULT.into(), after: Some(1), types: Vec::new(), message_id: None, limit: 100 };
                 events::read_feed(&mut reader, &query).unwrap()
             })
             .await

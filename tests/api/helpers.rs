@@ -288,9 +288,31 @@ impl TestApp {
 
     /// Registers a client directly in the database and gets it a token.
     pub async fn register_client(&self, name: &str, scopes: Scopes) -> TestClient {
+        self.register_client_in(
+            name,
+            scopes,
+            &thinhook::domain::WorkspaceId::default_workspace(),
+        )
+        .await
+    }
+
+    /// Registers a client of `workspace` and gets it a token.
+    pub async fn register_client_in(
+        &self,
+        name: &str,
+        scopes: Scopes,
+        workspace: &thinhook::domain::WorkspaceId,
+    ) -> TestClient {
         let (db, name, now) = (self.db.clone(), name.to_owned(), self.clock.now_utc());
+        let workspace = workspace.clone();
         let created = tokio::task::spawn_blocking(move || {
-            auth::clients::create(&mut db.get().expect("connection"), &name, scopes, now)
+            auth::clients::create(
+                &mut db.get().expect("connection"),
+                &name,
+                scopes,
+                &workspace,
+                now,
+            )
         })
         .await
         .expect("task")

@@ -215,6 +215,7 @@ fn keyed_comment(app: &TestApp, message: &str, key: Option<&str>) -> (String, Pu
             text: "c".into(),
             created_at: thinhook::clock::to_db(app.clock_now()),
             author_client_id: None,
+            workspace_id: thinhook::domain::WorkspaceId::DEFAULT.into(),
         }),
         resource_path: format!("/messages/{message}/comments/{comment}"),
         traceparent: None,

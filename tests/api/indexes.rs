@@ -53,15 +53,19 @@ backend_tests! {
             let mut conn = options.establish().unwrap();
             let checks = [
                 (
-                    "SELECT * FROM subscriptions WHERE message_id IS NULL AND enabled = 1 AND event_types LIKE '% comment.created %' \
-                     UNION ALL SELECT * FROM subscriptions WHERE message_id = 'msg_x' AND enabled = 1 AND event_types LIKE '% comment.created %' \
+                    "SELECT * FROM subscriptions WHERE workspace_id = 'wsp_x' AND message_id IS NULL AND enabled = 1 AND event_types LIKE '% comment.created %' \
+                     UNION ALL SELECT * FROM subscriptions WHERE message_id = 'msg_x' AND workspace_id = 'wsp_x' AND enabled = 1 AND event_types LIKE '% comment.created %' \
                      ORDER BY id",
                     &["subscriptions_unfiltered", "subscriptions_by_message"][..],
                 ),
                 ("SELECT COUNT(*) FROM subscriptions WHERE owner_client_id = 'cli_x'", &["subscriptions_by_owner"][..]),
                 (
-                    "SELECT * FROM events WHERE message_id = 'msg_x' AND feed_position > 5 ORDER BY feed_position LIMIT 10",
+                    "SELECT * FROM events WHERE workspace_id = 'wsp_x' AND message_id = 'msg_x' AND feed_position > 5 ORDER BY feed_position LIMIT 10",
                     &["events_by_message"][..],
+                ),
+                (
+                    "SELECT * FROM events WHERE workspace_id = 'wsp_x' AND feed_position > 5 ORDER BY feed_position LIMIT 10",
+                    &["events_feed_of_workspace"][..],
                 ),
                 (
                     "SELECT id FROM deliveries WHERE subscription_id = 'sub_x' AND status = 'pending' \

@@ -37,3 +37,4 @@ mod spec;
 mod stored_text;
 mod subscriptions;
 mod webhooks;
+mod workspaces;

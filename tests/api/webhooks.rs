@@ -758,6 +758,7 @@ impl TestApp {
             verification_error: None,
             verified_at: None,
             allowed_rate: None,
+            workspace_id: thinhook::domain::WorkspaceId::DEFAULT.into(),
         };
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {

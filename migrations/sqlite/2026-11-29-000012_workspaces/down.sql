@@ -1,0 +1,11 @@
+DROP INDEX subscriptions_unfiltered;
+CREATE INDEX subscriptions_unfiltered ON subscriptions (id) WHERE message_id IS NULL;
+DROP INDEX events_feed_of_workspace;
+DROP INDEX events_by_message;
+CREATE INDEX events_by_message ON events (message_id, feed_position);
+ALTER TABLE subscriptions DROP COLUMN workspace_id;
+ALTER TABLE events DROP COLUMN workspace_id;
+ALTER TABLE comments DROP COLUMN workspace_id;
+ALTER TABLE messages DROP COLUMN workspace_id;
+ALTER TABLE clients DROP COLUMN workspace_id;
+DROP TABLE workspaces;

@@ -1,0 +1,331 @@
+//! Workspaces isolate tenants: for every protected route of the server, a
+//! client of workspace B asking about workspace A's resources gets `404`
+//! (or an empty list), never A's data; A's events fan out only to A's
+//! subscriptions; a token acts only in its client's workspace.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use thinhook::auth::{Scopes, tokens};
+use thinhook::domain::{ClientId, WorkspaceId};
+
+use crate::auth::{server_policy, server_signing_key};
+use crate::helpers::{TestApp, TestClient};
+use crate::receiver::Receiver;
+use crate::spec::SERVER_ROUTES;
+use crate::webhooks::id;
+
+/// Creates a workspace directly in the database.
+async fn workspace(app: &TestApp, name: &str) -> WorkspaceId {
+    let id = WorkspaceId::generate();
+    let row = thinhook::db::models::WorkspaceRow {
+        id: id.to_string(),
+        name: name.to_owned(),
+        created_at: thinhook::clock::to_db(app.clock_now()),
+    };
+    let db = app.db.clone();
+    tokio::task::spawn_blocking(move || {
+        thinhook::db::workspaces::insert(&mut db.get().unwrap(), &row)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    id
+}
+
+async fn send(
+    app: &TestApp,
+    client: &TestClient,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(&client.token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// What workspace A holds: one of each resource, ids by path parameter.
+struct Holdings {
+    message: String,
+    comment: String,
+    subscription: String,
+    delivery: String,
+    event: String,
+}
+
+async fn fill(app: &TestApp, a: &TestClient, receiver: &Receiver) -> Holdings {
+    let (status, message) = send(
+        app,
+        a,
+        Method::POST,
+        "/messages",
+        Some(json!({"text": "A's secret"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let message = id(&message);
+    let (status, subscription) = send(
+        app,
+        a,
+        Method::POST,
+        "/subscriptions",
+        Some(json!({"url": receiver.url("/a"), "event_types": ["comment.created"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let subscription = id(&subscription);
+    let (status, comment) = send(
+        app,
+        a,
+        Method::POST,
+        &format!("/messages/{message}/comments"),
+        Some(json!({"text": "A's comment"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    app.dispatch_all_pending().await;
+    let (_, delivery) = send(
+        app,
+        a,
+        Method::GET,
+        &format!("/subscriptions/{subscription}/deliveries"),
+        None,
+    )
+    .await;
+    let delivery = &delivery["data"][0];
+    Holdings {
+        message,
+        comment: id(&comment),
+        subscription,
+        delivery: delivery["id"].as_str().unwrap().to_owned(),
+        event: delivery["event_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn concrete(path: &str, a: &Holdings) -> String {
+    path.replace("{messageId}", &a.message)
+        .replace("{commentId}", &a.comment)
+        .replace("{subscriptionId}", &a.subscription)
+        .replace("{deliveryId}", &a.delivery)
+        .replace("{eventId}", &a.event)
+}
+
+/// Whether the answer to `method template` (sent as `path`) shows nothing
+/// of A: `404`, an empty page, or (for a create that names A's message) the
+/// refusal a missing message gets; and no A id but those the request named.
+fn shows_nothing_of(
+    a: &Holdings,
+    (method, template, path): (&str, &str, &str),
+    status: StatusCode,
+    body: &Value,
+) -> bool {
+    let text = body.to_string();
+    let leaks = [
+        &a.message,
+        &a.comment,
+        &a.subscription,
+        &a.delivery,
+        &a.event,
+    ]
+    .iter()
+    .any(|id| text.contains(id.as_str()) && !path.contains(id.as_str()))
+        || text.contains("A's");
+    match (method, template) {
+        // Lists: B's own, which hold nothing of A.
+        ("GET", "/subscriptions" | "/deliveries" | "/events") => status == StatusCode::OK && !leaks,
+        // Creates that name no A resource make B's own.
+        ("POST", "/messages") => status == StatusCode::CREATED && !leaks,
+        // Names A's message as its filter: like a message that does not exist.
+        ("POST", "/subscriptions") => {
+            status == StatusCode::UNPROCESSABLE_ENTITY && text.contains("names no existing message")
+        }
+        _ => status == StatusCode::NOT_FOUND && !leaks,
+    }
+}
+
+/// The body each route is sent with, naming A's resources where it can.
+fn body_for(method: &str, path: &str, a: &Holdings, receiver: &Receiver) -> Option<Value> {
+    match (method, path) {
+        ("POST", "/messages") => Some(json!({"text": "B's own"})),
+        ("POST", "/messages/{messageId}/comments") => Some(json!({"text": "B into A"})),
+        ("POST", "/subscriptions") => Some(
+            json!({"url": receiver.url("/b"), "event_types": ["comment.created"], "message_id": a.message}),
+        ),
+        ("PATCH", "/subscriptions/{subscriptionId}") => Some(json!({"enabled": false})),
+        ("POST", "/subscriptions/{subscriptionId}/replay") => {
+            Some(json!({"since": "2000-01-01T00:00:00Z", "include": "all"}))
+        }
+        ("POST", _) => Some(json!({})),
+        _ => None,
+    }
+}
+
+backend_tests! {
+    async fn a_client_of_another_workspace_sees_nothing_of_a_workspace_on_any_route(app: &TestApp) {
+        let (wa, wb) = (workspace(app, "A").await, workspace(app, "B").await);
+        let a = app.register_client_in("a", Scopes::all(), &wa).await;
+        let b = app.register_client_in("b", Scopes::all(), &wb).await;
+        let receiver = Receiver::start().await;
+        let held = fill(app, &a, &receiver).await;
+        assert_eq!(receiver.received().len(), 1);
+
+        let public = ["/healthz", "/readyz", "/oauth/token", "/.well-known/jwks.json",
+            "/.well-known/oauth-authorization-server", "/openapi.yaml", "/metrics",
+            "/.well-known/webhook-keys.json"];
+        let protected: Vec<_> = SERVER_ROUTES.iter().filter(|(_, path)| !public.contains(path)).collect();
+        assert_eq!(protected.len(), 18, "a route was added: give it a body here if it takes one");
+        for (method, template) in protected {
+            let path = concrete(template, &held);
+            let body = body_for(method, template, &held, &receiver);
+            let (status, answer) = send(app, &b, Method::from_bytes(method.as_bytes()).unwrap(), &path, body).await;
+            assert!(
+                shows_nothing_of(&held, (method, template, &path), status, &answer),
+                "{method} {template} from workspace B answered {status}: {answer}"
+            );
+        }
+
+        // A's resources are all still there, untouched, for A.
+        for path in [
+            format!("/messages/{}", held.message),
+            format!("/messages/{}/comments/{}", held.message, held.comment),
+            format!("/subscriptions/{}", held.subscription),
+            format!("/events/{}", held.event),
+        ] {
+            let (status, _) = send(app, &a, Method::GET, &path, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+        let (_, subscription) = send(app, &a, Method::GET, &format!("/subscriptions/{}", held.subscription), None).await;
+        assert_eq!(subscription["enabled"], true);
+        let (_, feed) = send(app, &a, Method::GET, "/events", None).await;
+        assert!(feed["data"].as_array().unwrap().iter().all(|e| !e.to_string().contains("B's own")));
+    }
+
+    async fn an_event_fans_out_only_to_its_own_workspace(app: &TestApp) {
+        let (wa, wb) = (workspace(app, "A").await, workspace(app, "B").await);
+        let a = app.register_client_in("a", Scopes::all(), &wa).await;
+        let b = app.register_client_in("b", Scopes::all(), &wb).await;
+        let (to_a, to_b) = (Receiver::start().await, Receiver::start().await);
+        for (client, receiver) in [(&a, &to_a), (&b, &to_b)] {
+            let (status, _) = send(app, client, Method::POST, "/subscriptions",
+                Some(json!({"url": receiver.url("/hook"), "event_types": ["message.created", "comment.created"]}))).await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let (_, message) = send(app, &a, Method::POST, "/messages", Some(json!({"text": "in A"}))).await;
+        send(app, &a, Method::POST, &format!("/messages/{}/comments", id(&message)), Some(json!({"text": "in A"}))).await;
+        app.dispatch_all_pending().await;
+        assert_eq!(to_a.received().len(), 2, "A's message and comment");
+        assert!(to_b.received().is_empty(), "B's unfiltered subscription gets nothing of A");
+
+        let (_, subscriptions) = send(app, &b, Method::GET, "/subscriptions", None).await;
+        let b_subscription = subscriptions["data"][0]["id"].as_str().unwrap().to_owned();
+        assert!(deliveries_of_client(app, &b, &b_subscription).await.is_empty());
+        // B's feed is empty; A's has both events.
+        let (_, feed) = send(app, &b, Method::GET, "/events", None).await;
+        assert_eq!(feed["data"].as_array().unwrap().len(), 0);
+        let (_, feed) = send(app, &a, Method::GET, "/events", None).await;
+        assert_eq!(feed["data"].as_array().unwrap().len(), 2);
+    }
+
+    async fn a_token_acts_only_in_its_clients_workspace(app: &TestApp) {
+        let wa = workspace(app, "A").await;
+        let a = app.register_client_in("a", Scopes::all(), &wa).await;
+        let (_, message) = send(app, &a, Method::POST, "/messages", Some(json!({"text": "A"}))).await;
+        let path = format!("/messages/{}", id(&message));
+        assert_eq!(send(app, &a, Method::GET, &path, None).await.0, StatusCode::OK);
+        // The default workspace's client cannot read it either.
+        assert_eq!(app.get(&path).await.status(), StatusCode::NOT_FOUND);
+
+        // A token of A's client that claims another workspace is refused.
+        let (key, policy) = (server_signing_key(app).await, server_policy(app));
+        let client = ClientId::parse(&a.id).unwrap();
+        let now = app.clock_now();
+        let (other, _) = tokens::issue(&key, &policy, &client, &Scopes::all(), &WorkspaceId::default_workspace(), now).unwrap();
+        let response = app.get_with_token(&path, &other).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        // The control: the same forging with A's workspace is accepted.
+        let (own, _) = tokens::issue(&key, &policy, &client, &Scopes::all(), &wa, now).unwrap();
+        assert_eq!(app.get_with_token(&path, &own).await.status(), StatusCode::OK);
+    }
+}
+
+async fn deliveries_of_client(
+    app: &TestApp,
+    client: &TestClient,
+    subscription: &str,
+) -> Vec<Value> {
+    let (_, page) = send(
+        app,
+        client,
+        Method::GET,
+        &format!("/subscriptions/{subscription}/deliveries"),
+        None,
+    )
+    .await;
+    page["data"].as_array().cloned().unwrap_or_default()
+}
+
+mod upgrade {
+    use super::*;
+    use crate::helpers::spawn_app;
+
+    backend_tests_with_backend! {
+        async fn data_and_tokens_from_before_workspaces_live_on_in_default(backend: Backend) {
+            let app = spawn_app(backend).await;
+            let message = app.create_message("from before").await;
+            let comment = app.create_comment(&id(&message), "also before").await;
+            let receiver = Receiver::start().await;
+            let (status, subscription) = send(&app, &app.user, Method::POST, "/subscriptions",
+                Some(json!({"url": receiver.url("/hook"), "event_types": ["comment.created"]}))).await;
+            assert_eq!(status, StatusCode::CREATED);
+            // A token as issued before workspaces: no `wsp` claim.
+            let (key, policy) = (server_signing_key(&app).await, server_policy(&app));
+            let (_, mut claims) = tokens::issue(&key, &policy, &ClientId::parse(&app.user.id).unwrap(),
+                &Scopes::all(), &WorkspaceId::default_workspace(), app.clock_now()).unwrap();
+            claims.wsp = None;
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+            header.typ = Some(tokens::TOKEN_TYPE.to_owned());
+            header.kid = Some(key.kid.clone());
+            let old_token = jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap();
+            assert!(!old_token.is_empty());
+
+            // The database goes back to before workspaces, then up again.
+            let db = app.db.clone();
+            let reverted = tokio::task::spawn_blocking(move || {
+                let reverted = db.revert_last_migration().unwrap();
+                db.migrate().unwrap();
+                reverted
+            })
+            .await
+            .unwrap();
+            assert!(reverted.contains("000012"), "{reverted}");
+
+            let paths = [
+                format!("/messages/{}", id(&message)),
+                format!("/messages/{}/comments/{}", id(&message), id(&comment)),
+                format!("/subscriptions/{}", id(&subscription)),
+            ];
+            for path in &paths {
+                assert_eq!(app.get_with_token(path, &old_token).await.status(), StatusCode::OK, "{path}");
+            }
+            // The data is the default workspace's: a new client there sees it,
+            // one of another workspace does not.
+            let default = app.register_client("new in default", Scopes::all()).await;
+            let other = app.register_client_in("elsewhere", Scopes::all(), &workspace(&app, "other").await).await;
+            let message_path = &paths[0];
+            assert_eq!(app.get_with_token(message_path, &default.token).await.status(), StatusCode::OK);
+            assert_eq!(app.get_with_token(message_path, &other.token).await.status(), StatusCode::NOT_FOUND);
+            // Events keep flowing to the old subscription.
+            app.create_comment(&id(&message), "after").await;
+            assert_eq!(app.dispatch_all_pending().await, 1);
+            assert_eq!(receiver.received().len(), 1);
+        }
+    }
+}
