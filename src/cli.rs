@@ -107,9 +107,67 @@ pub enum WorkspacesCommand {
         /// A unique name to tell it by (1 to 200 characters).
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        limits: WorkspaceLimits,
     },
-    /// List workspaces.
+    /// Set a workspace's own limits; `default` goes back to the configured one.
+    Update {
+        /// The workspace's id (`wsp_…`), as `workspaces list` shows it.
+        id: String,
+        #[command(flatten)]
+        limits: WorkspaceLimits,
+    },
+    /// List workspaces with their limits.
     List,
+}
+
+/// A workspace's own limits; unset: the configured defaults
+/// (`limits.max_subscriptions_per_workspace`, `limits.workspace_api_*`).
+#[derive(Debug, clap::Args)]
+pub struct WorkspaceLimits {
+    /// Subscriptions its clients may have together (a number, or `default`).
+    #[arg(long, value_parser = limit_value)]
+    max_subscriptions: Option<Limit>,
+    /// API requests per second its clients may make together (a number, 0
+    /// for none, or `default`).
+    #[arg(long, value_parser = limit_value)]
+    api_per_second: Option<Limit>,
+    /// Requests its clients may make at once beyond that rate (a number, or `default`).
+    #[arg(long, value_parser = limit_value)]
+    api_burst: Option<Limit>,
+}
+
+/// A limit as given on the command line.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Default,
+    Value(i32),
+}
+
+fn limit_value(text: &str) -> Result<Limit, String> {
+    match text {
+        "default" => Ok(Limit::Default),
+        number => number
+            .parse::<u32>()
+            .ok()
+            .and_then(|n| i32::try_from(n).ok())
+            .map(Limit::Value)
+            .ok_or_else(|| format!("`{number}` is neither a whole number nor `default`")),
+    }
+}
+
+impl WorkspaceLimits {
+    /// Writes the limits given into `row`.
+    fn apply(&self, row: &mut db::models::WorkspaceRow) {
+        let set = |limit: Option<Limit>, column: &mut Option<i32>| match limit {
+            Some(Limit::Default) => *column = None,
+            Some(Limit::Value(n)) => *column = Some(n),
+            None => {}
+        };
+        set(self.max_subscriptions, &mut row.max_subscriptions);
+        set(self.api_per_second, &mut row.api_per_second);
+        set(self.api_burst, &mut row.api_burst);
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,14 +326,18 @@ fn checked_name(name: &str) -> anyhow::Result<&str> {
 fn workspaces(db: &Database, command: WorkspacesCommand) -> anyhow::Result<()> {
     let mut conn = db.get()?;
     match command {
-        WorkspacesCommand::Create { name } => {
+        WorkspacesCommand::Create { name, limits } => {
             let name = checked_name(&name)?;
             let id = WorkspaceId::generate();
-            let row = db::models::WorkspaceRow {
+            let mut row = db::models::WorkspaceRow {
                 id: id.to_string(),
                 name: name.to_owned(),
                 created_at: clock::to_db(clock::SystemClock.now_utc()),
+                max_subscriptions: None,
+                api_per_second: None,
+                api_burst: None,
             };
+            limits.apply(&mut row);
             db::workspaces::insert(&mut conn, &row).map_err(|error| match error {
                 diesel::result::Error::DatabaseError(
                     diesel::result::DatabaseErrorKind::UniqueViolation,
@@ -286,16 +348,34 @@ fn workspaces(db: &Database, command: WorkspacesCommand) -> anyhow::Result<()> {
             println!("workspace_id: {id}");
             println!("name:         {name}");
         }
+        WorkspacesCommand::Update { id, limits } => {
+            let id = WorkspaceId::parse(&id)?;
+            let mut row = db::workspaces::find(&mut conn, id.as_str())?.ok_or_else(|| {
+                anyhow::anyhow!("no workspace `{id}`: `thinhook workspaces list` shows them")
+            })?;
+            limits.apply(&mut row);
+            db::workspaces::set_limits(&mut conn, &row)?;
+            println!(
+                "updated {id}; API processes apply new rates within auth.revocation_refresh_ms"
+            );
+        }
         WorkspacesCommand::List => {
-            println!("{:<30}  {:<27}  NAME", "ID", "CREATED");
+            let shown = |limit: Option<i32>| limit.map_or("default".to_owned(), |n| n.to_string());
+            println!(
+                "{:<30}  {:<27}  {:<13}  {:<10}  {:<9}  NAME",
+                "ID", "CREATED", "SUBSCRIPTIONS", "API RATE", "API BURST"
+            );
             for workspace in db::workspaces::list(&mut conn)? {
                 println!(
-                    "{:<30}  {:<27}  {}",
+                    "{:<30}  {:<27}  {:<13}  {:<10}  {:<9}  {}",
                     workspace.id,
                     workspace
                         .created_at
                         .assume_utc()
                         .format(&time::format_description::well_known::Rfc3339)?,
+                    shown(workspace.max_subscriptions),
+                    shown(workspace.api_per_second),
+                    shown(workspace.api_burst),
                     workspace.name
                 );
             }

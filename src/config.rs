@@ -202,6 +202,14 @@ pub struct LimitSettings {
     /// Subscriptions one event may match (each one a delivery to write
     /// while the comment's request waits).
     pub max_subscriptions_per_event: u32,
+    /// Subscriptions the clients of one workspace may have together, unless
+    /// the workspace sets its own (`thinhook workspaces update`).
+    pub max_subscriptions_per_workspace: u32,
+    /// Requests per second the clients of one workspace may make together,
+    /// unless the workspace sets its own; 0: no workspace-wide limit.
+    pub workspace_api_per_second: u32,
+    /// Requests the clients of one workspace may make at once beyond that rate.
+    pub workspace_api_burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +318,9 @@ impl Default for LimitSettings {
             concurrent_secret_checks: 0,
             max_subscriptions_per_client: 100,
             max_subscriptions_per_event: 1000,
+            max_subscriptions_per_workspace: 10_000,
+            workspace_api_per_second: 0,
+            workspace_api_burst: 0,
         }
     }
 }
@@ -491,6 +502,10 @@ impl Settings {
                 u64::from(self.limits.max_subscriptions_per_event),
             ),
             (
+                "limits.max_subscriptions_per_workspace",
+                u64::from(self.limits.max_subscriptions_per_workspace),
+            ),
+            (
                 "events.prune_interval_secs",
                 self.events.prune_interval_secs,
             ),
@@ -498,6 +513,12 @@ impl Settings {
             if value == 0 {
                 return Err((key, "must be at least 1".into()));
             }
+        }
+        if self.limits.workspace_api_per_second > 0 && self.limits.workspace_api_burst == 0 {
+            return Err((
+                "limits.workspace_api_burst",
+                "must be at least 1 when limits.workspace_api_per_second is set".into(),
+            ));
         }
         if !self.secrets.encryption_key.is_empty() {
             crate::secret_box::SecretBox::from_base64(&self.secrets.encryption_key)

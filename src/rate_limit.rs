@@ -63,9 +63,26 @@ impl RateLimiter {
         self.policy
     }
 
+    /// Buckets whose policy each check names (`check_with`): per-key limits.
+    pub fn per_key() -> Self {
+        Self {
+            policy: Policy {
+                rate: 1.0,
+                burst: 1,
+            },
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
     /// Takes a token from `key`'s bucket if it has one.
     pub fn check(&self, key: &str, now: Instant) -> Decision {
-        let Policy { rate, burst } = self.policy;
+        self.check_with(self.policy, key, now)
+    }
+
+    /// Takes a token from `key`'s bucket, refilled per `policy`, if it has one.
+    pub fn check_with(&self, policy: Policy, key: &str, now: Instant) -> Decision {
+        let Policy { rate, burst } = policy;
         let burst = f64::from(burst);
         let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
         let mut buckets = shard.lock().unwrap_or_else(|p| p.into_inner());

@@ -275,6 +275,7 @@ impl Application {
                         secret_overlap: Duration::from_secs(delivery.secret_overlap_secs),
                         quota: crate::db::subscriptions::Quota {
                             per_client: settings.limits.max_subscriptions_per_client,
+                            per_workspace: settings.limits.max_subscriptions_per_workspace,
                             per_event: settings.limits.max_subscriptions_per_event,
                         },
                         keys: webhook_keys,

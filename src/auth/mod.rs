@@ -61,6 +61,10 @@ pub struct Limits {
     pub token_by_client: Option<RateLimiter>,
     /// Client secret checks running at once.
     pub secret_checks: Arc<tokio::sync::Semaphore>,
+    /// Authenticated requests, by workspace: all its clients together.
+    pub workspace: RateLimiter,
+    /// A workspace's limit unless it sets its own (rate 0: none).
+    pub workspace_default: Policy,
 }
 
 impl Limits {
@@ -81,6 +85,11 @@ impl Limits {
             token_by_address: RateLimiter::new(token),
             token_by_client: RateLimiter::new(token),
             secret_checks: Arc::new(tokio::sync::Semaphore::new(checks)),
+            workspace: RateLimiter::per_key(),
+            workspace_default: Policy {
+                rate: f64::from(settings.workspace_api_per_second),
+                burst: settings.workspace_api_burst,
+            },
         }
     }
 }
@@ -186,26 +195,48 @@ impl Authenticator {
         })
     }
 
-    /// Takes one request from the client's rate limit; `None` when there is
-    /// no limit.
-    pub fn admit(&self, client_id: &ClientId) -> Result<Option<Admitted>, ApiError> {
-        let Some(limiter) = &self.limits.api else {
-            return Ok(None);
+    /// Takes one request from the client's rate limit, then from its
+    /// workspace's; the client's quota, or `None` when it has no limit.
+    pub fn admit(&self, principal: &Principal) -> Result<Option<Admitted>, ApiError> {
+        let now = std::time::Instant::now();
+        let admitted = match &self.limits.api {
+            None => None,
+            Some(limiter) => Some(take(
+                limiter.policy(),
+                limiter.check(principal.client_id.as_str(), now),
+            )?),
         };
-        match limiter.check(client_id.as_str(), std::time::Instant::now()) {
-            Decision::Allowed {
-                remaining,
-                reset_secs,
-            } => Ok(Some(Admitted {
-                policy: limiter.policy(),
-                remaining,
-                reset_secs,
-            })),
-            Decision::Limited { retry_after_secs } => Err(ApiError::RateLimited {
-                policy: limiter.policy(),
-                retry_after_secs,
-            }),
+        let workspace = &principal.workspace;
+        if let Some(policy) = self
+            .revocations
+            .workspace_rate(workspace, self.limits.workspace_default)
+        {
+            let decision = self
+                .limits
+                .workspace
+                .check_with(policy, workspace.as_str(), now);
+            let workspace_quota = take(policy, decision)?;
+            return Ok(Some(admitted.unwrap_or(workspace_quota)));
         }
+        Ok(admitted)
+    }
+}
+
+/// The quota left after `decision` under `policy`, or the refusal.
+fn take(policy: Policy, decision: Decision) -> Result<Admitted, ApiError> {
+    match decision {
+        Decision::Allowed {
+            remaining,
+            reset_secs,
+        } => Ok(Admitted {
+            policy,
+            remaining,
+            reset_secs,
+        }),
+        Decision::Limited { retry_after_secs } => Err(ApiError::RateLimited {
+            policy,
+            retry_after_secs,
+        }),
     }
 }
 
@@ -328,7 +359,7 @@ impl<S: RequiredScope> Caller<S> {
         let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {
             ApiError::Internal(anyhow::anyhow!("no Authenticator registered in app data"))
         })?;
-        if let Some(admitted) = authenticator.admit(&principal.client_id)? {
+        if let Some(admitted) = authenticator.admit(&principal)? {
             req.extensions_mut().insert(admitted);
         }
         Ok(Self {

@@ -1,5 +1,6 @@
-//! Revoked clients, and every client's workspace, known in memory so that
-//! verifying a token costs no database query.
+//! Revoked clients, every client's workspace, and the workspaces' own rate
+//! limits, known in memory so that verifying and admitting a request costs
+//! no database query.
 //!
 //! The set is read at start and again every `refresh` interval. On
 //! PostgreSQL, `thinhook clients revoke` also sends a notification
@@ -14,17 +15,23 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::tokens::TokenError;
-use crate::db::{Database, DbError, clients};
+use crate::db::{Database, DbError, clients, workspaces};
 use crate::domain::WorkspaceId;
+use crate::rate_limit::Policy;
 
 /// The `LISTEN`/`NOTIFY` channel that announces a revocation.
 pub const CHANNEL: &str = "thinhook_revocations";
+
+/// A workspace's own API rate: `(per second, burst)`; `None`: the default.
+type OwnRate = (Option<i32>, Option<i32>);
 
 #[derive(Debug)]
 pub struct Revocations {
     revoked: RwLock<HashSet<String>>,
     /// Each client's workspace, by client id.
     workspaces: RwLock<HashMap<String, String>>,
+    /// The API rate limits workspaces set for themselves, by workspace id.
+    workspace_rates: RwLock<HashMap<String, OwnRate>>,
     db: Database,
     /// Woken by a notification: read the set again now.
     pub changed: Arc<Notify>,
@@ -36,6 +43,7 @@ impl Revocations {
         let revocations = Self {
             revoked: RwLock::default(),
             workspaces: RwLock::default(),
+            workspace_rates: RwLock::default(),
             db,
             changed: Arc::new(Notify::new()),
         };
@@ -64,7 +72,30 @@ impl Revocations {
         }
     }
 
+    /// The API rate limit of `workspace`'s clients together: its own, or
+    /// `default`; `None` when it has none.
+    pub fn workspace_rate(&self, workspace: &WorkspaceId, default: Policy) -> Option<Policy> {
+        let rates = self
+            .workspace_rates
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let (rate, burst) = rates.get(workspace.as_str()).copied().unwrap_or_default();
+        let policy = Policy {
+            rate: rate.map_or(default.rate, f64::from),
+            burst: burst.map_or(default.burst, |b| u32::try_from(b).unwrap_or(0)),
+        };
+        (policy.rate > 0.0 && policy.burst > 0).then_some(policy)
+    }
+
     pub async fn refresh(&self) -> Result<(), DbError> {
+        let rates = self.db.run(workspaces::list).await?;
+        *self
+            .workspace_rates
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = rates
+            .into_iter()
+            .map(|w| (w.id, (w.api_per_second, w.api_burst)))
+            .collect();
         let standing = self.db.run(clients::standing).await?;
         let revoked = standing
             .iter()

@@ -309,4 +309,9 @@ pub struct WorkspaceRow {
     pub id: String,
     pub name: String,
     pub created_at: PrimitiveDateTime,
+    /// Subscriptions its clients may have together; `None`: the default.
+    pub max_subscriptions: Option<i32>,
+    /// API requests per second of its clients together; `None`: the default.
+    pub api_per_second: Option<i32>,
+    pub api_burst: Option<i32>,
 }

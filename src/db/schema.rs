@@ -152,6 +152,9 @@ diesel::table! {
         id -> Text,
         name -> Text,
         created_at -> Timestamp,
+        max_subscriptions -> Nullable<Integer>,
+        api_per_second -> Nullable<Integer>,
+        api_burst -> Nullable<Integer>,
     }
 }
 

@@ -26,6 +26,8 @@ pub fn insert(conn: &mut DbConnection, row: &SubscriptionRow) -> QueryResult<()>
 pub struct Quota {
     /// Per client.
     pub per_client: u32,
+    /// Per workspace, unless the workspace sets its own.
+    pub per_workspace: u32,
     /// Matching one event: unfiltered subscriptions plus those of the
     /// event's message.
     pub per_event: u32,
@@ -49,6 +51,17 @@ pub fn quota_refusal(
         return Ok(Some(format!(
             "a client may have at most {} subscriptions; delete one first",
             quota.per_client
+        )));
+    }
+    let in_workspace: i64 = subscriptions::table
+        .filter(subscriptions::workspace_id.eq(workspace.as_str()))
+        .count()
+        .get_result(conn)?;
+    let per_workspace = super::workspaces::max_subscriptions(conn, workspace.as_str())?
+        .map_or(i64::from(quota.per_workspace), i64::from);
+    if in_workspace >= per_workspace {
+        return Ok(Some(format!(
+            "the clients of a workspace may have at most {per_workspace} subscriptions together; delete one first"
         )));
     }
     // Events match only subscriptions of their own workspace.

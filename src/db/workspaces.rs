@@ -22,6 +22,36 @@ pub fn exists(conn: &mut DbConnection, id: &str) -> QueryResult<bool> {
         .map(|found| found.is_some())
 }
 
+pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<WorkspaceRow>> {
+    workspaces::table
+        .find(id)
+        .select(WorkspaceRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Writes `row`'s limits.
+pub fn set_limits(conn: &mut DbConnection, row: &WorkspaceRow) -> QueryResult<()> {
+    diesel::update(workspaces::table.find(&row.id))
+        .set((
+            workspaces::max_subscriptions.eq(row.max_subscriptions),
+            workspaces::api_per_second.eq(row.api_per_second),
+            workspaces::api_burst.eq(row.api_burst),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+/// The subscriptions `id`'s clients may have together, if it set its own.
+pub fn max_subscriptions(conn: &mut DbConnection, id: &str) -> QueryResult<Option<i32>> {
+    workspaces::table
+        .find(id)
+        .select(workspaces::max_subscriptions)
+        .first::<Option<i32>>(conn)
+        .optional()
+        .map(Option::flatten)
+}
+
 pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<WorkspaceRow>> {
     workspaces::table
         .select(WorkspaceRow::as_select())

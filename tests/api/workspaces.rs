@@ -21,6 +21,9 @@ async fn workspace(app: &TestApp, name: &str) -> WorkspaceId {
         id: id.to_string(),
         name: name.to_owned(),
         created_at: thinhook::clock::to_db(app.clock_now()),
+        max_subscriptions: None,
+        api_per_second: None,
+        api_burst: None,
     };
     let db = app.db.clone();
     tokio::task::spawn_blocking(move || {
@@ -326,6 +329,87 @@ mod upgrade {
             app.create_comment(&id(&message), "after").await;
             assert_eq!(app.dispatch_all_pending().await, 1);
             assert_eq!(receiver.received().len(), 1);
+        }
+    }
+}
+
+mod limits {
+    use super::*;
+    use crate::helpers::{assert_problem, spawn_app_with};
+    use thinhook::startup::Role;
+
+    async fn subscribe(app: &TestApp, client: &TestClient, receiver: &Receiver) -> StatusCode {
+        let (status, _) = send(
+            app,
+            client,
+            Method::POST,
+            "/subscriptions",
+            Some(json!({"url": receiver.url("/hook"), "event_types": ["comment.created"]})),
+        )
+        .await;
+        status
+    }
+
+    /// Sets `workspace`'s own limits, as `thinhook workspaces update` does.
+    async fn set_limits(
+        app: &TestApp,
+        workspace: &WorkspaceId,
+        limits: (Option<i32>, Option<i32>, Option<i32>),
+    ) {
+        let (db, id) = (app.db.clone(), workspace.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.get().unwrap();
+            let mut row = thinhook::db::workspaces::find(&mut conn, &id)
+                .unwrap()
+                .unwrap();
+            (row.max_subscriptions, row.api_per_second, row.api_burst) = limits;
+            thinhook::db::workspaces::set_limits(&mut conn, &row).unwrap();
+        })
+        .await
+        .unwrap();
+    }
+
+    backend_tests_with_backend! {
+        async fn a_workspace_shares_its_subscription_quota_among_its_clients(backend: Backend) {
+            let app = spawn_app_with(backend, Role::Api, |s| s.limits.max_subscriptions_per_workspace = 3).await;
+            let receiver = Receiver::start().await;
+            let wa = workspace(&app, "A").await;
+            let a1 = app.register_client_in("a1", Scopes::all(), &wa).await;
+            let a2 = app.register_client_in("a2", Scopes::all(), &wa).await;
+            for client in [&a1, &a1, &a2] {
+                assert_eq!(subscribe(&app, client, &receiver).await, StatusCode::CREATED);
+            }
+            let refused = app.client.post(app.url("/subscriptions")).bearer_auth(&a2.token)
+                .json(&json!({"url": receiver.url("/hook"), "event_types": ["comment.created"]}))
+                .send().await.unwrap();
+            let problem = assert_problem(refused, StatusCode::CONFLICT, "quota-exceeded").await;
+            assert!(problem["detail"].as_str().unwrap().contains("workspace"), "{problem}");
+            // Another workspace has a quota of its own.
+            let b = app.register_client_in("b", Scopes::all(), &workspace(&app, "B").await).await;
+            assert_eq!(subscribe(&app, &b, &receiver).await, StatusCode::CREATED);
+            // A's own limit replaces the default.
+            set_limits(&app, &wa, (Some(4), None, None)).await;
+            assert_eq!(subscribe(&app, &a2, &receiver).await, StatusCode::CREATED);
+            assert_eq!(subscribe(&app, &a1, &receiver).await, StatusCode::CONFLICT);
+        }
+
+        async fn a_workspace_shares_its_api_rate_among_its_clients(backend: Backend) {
+            let app = spawn_app_with(backend, Role::Api, |_| {}).await;
+            let wa = workspace(&app, "A").await;
+            let a1 = app.register_client_in("a1", Scopes::all(), &wa).await;
+            let a2 = app.register_client_in("a2", Scopes::all(), &wa).await;
+            // One a second, three at once, for A's clients together.
+            set_limits(&app, &wa, (None, Some(1), Some(3))).await;
+            // Every API process reads the limits again within auth.revocation_refresh_ms (50 ms here).
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let mut statuses = Vec::new();
+            for client in [&a1, &a2, &a1, &a2] {
+                statuses.push(send(&app, client, Method::GET, "/subscriptions", None).await.0);
+            }
+            assert_eq!(statuses[..3], [StatusCode::OK; 3], "{statuses:?}");
+            assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+            // The default workspace's client is not held back by A's limit.
+            assert_eq!(app.get("/subscriptions").await.status(), StatusCode::OK);
         }
     }
 }

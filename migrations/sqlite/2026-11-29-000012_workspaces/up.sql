@@ -1,9 +1,13 @@
 -- Workspaces isolate tenants: a client, and everything it writes or
 -- subscribes to, belongs to one. Existing data goes to `default`.
+-- Its limits; NULL: the configured default (limits.*_per_workspace).
 CREATE TABLE workspaces (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL,
+    max_subscriptions INTEGER,
+    api_per_second INTEGER,
+    api_burst INTEGER
 );
 INSERT INTO workspaces (id, name, created_at)
     VALUES ('wsp_00000000000000000000000000', 'default', CURRENT_TIMESTAMP);
