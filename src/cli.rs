@@ -122,7 +122,8 @@ pub enum WorkspacesCommand {
 }
 
 /// A workspace's own limits; unset: the configured defaults
-/// (`limits.max_subscriptions_per_workspace`, `limits.workspace_api_*`).
+/// (`limits.max_subscriptions_per_workspace`, `limits.workspace_api_*`,
+/// `events.retention_days`).
 #[derive(Debug, clap::Args)]
 pub struct WorkspaceLimits {
     /// Subscriptions its clients may have together (a number, or `default`).
@@ -135,6 +136,9 @@ pub struct WorkspaceLimits {
     /// Requests its clients may make at once beyond that rate (a number, or `default`).
     #[arg(long, value_parser = limit_value)]
     api_burst: Option<Limit>,
+    /// Days its events (and their delivery logs) are kept (at least 1, or `default`).
+    #[arg(long, value_parser = limit_value)]
+    retention_days: Option<Limit>,
 }
 
 /// A limit as given on the command line.
@@ -158,7 +162,11 @@ fn limit_value(text: &str) -> Result<Limit, String> {
 
 impl WorkspaceLimits {
     /// Writes the limits given into `row`.
-    fn apply(&self, row: &mut db::models::WorkspaceRow) {
+    fn apply(&self, row: &mut db::models::WorkspaceRow) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !matches!(self.retention_days, Some(Limit::Value(0))),
+            "--retention-days must be at least 1"
+        );
         let set = |limit: Option<Limit>, column: &mut Option<i32>| match limit {
             Some(Limit::Default) => *column = None,
             Some(Limit::Value(n)) => *column = Some(n),
@@ -167,6 +175,8 @@ impl WorkspaceLimits {
         set(self.max_subscriptions, &mut row.max_subscriptions);
         set(self.api_per_second, &mut row.api_per_second);
         set(self.api_burst, &mut row.api_burst);
+        set(self.retention_days, &mut row.retention_days);
+        Ok(())
     }
 }
 
@@ -336,8 +346,10 @@ fn workspaces(db: &Database, command: WorkspacesCommand) -> anyhow::Result<()> {
                 max_subscriptions: None,
                 api_per_second: None,
                 api_burst: None,
+                retention_days: None,
+                pruned_through: 0,
             };
-            limits.apply(&mut row);
+            limits.apply(&mut row)?;
             db::workspaces::insert(&mut conn, &row).map_err(|error| match error {
                 diesel::result::Error::DatabaseError(
                     diesel::result::DatabaseErrorKind::UniqueViolation,
@@ -353,7 +365,7 @@ fn workspaces(db: &Database, command: WorkspacesCommand) -> anyhow::Result<()> {
             let mut row = db::workspaces::find(&mut conn, id.as_str())?.ok_or_else(|| {
                 anyhow::anyhow!("no workspace `{id}`: `thinhook workspaces list` shows them")
             })?;
-            limits.apply(&mut row);
+            limits.apply(&mut row)?;
             db::workspaces::set_limits(&mut conn, &row)?;
             println!(
                 "updated {id}; API processes apply new rates within auth.revocation_refresh_ms"
@@ -362,12 +374,12 @@ fn workspaces(db: &Database, command: WorkspacesCommand) -> anyhow::Result<()> {
         WorkspacesCommand::List => {
             let shown = |limit: Option<i32>| limit.map_or("default".to_owned(), |n| n.to_string());
             println!(
-                "{:<30}  {:<27}  {:<13}  {:<10}  {:<9}  NAME",
-                "ID", "CREATED", "SUBSCRIPTIONS", "API RATE", "API BURST"
+                "{:<30}  {:<27}  {:<13}  {:<10}  {:<9}  {:<14}  NAME",
+                "ID", "CREATED", "SUBSCRIPTIONS", "API RATE", "API BURST", "RETENTION DAYS"
             );
             for workspace in db::workspaces::list(&mut conn)? {
                 println!(
-                    "{:<30}  {:<27}  {:<13}  {:<10}  {:<9}  {}",
+                    "{:<30}  {:<27}  {:<13}  {:<10}  {:<9}  {:<14}  {}",
                     workspace.id,
                     workspace
                         .created_at
@@ -376,6 +388,7 @@ fn workspaces(db: &Database, command: WorkspacesCommand) -> anyhow::Result<()> {
                     shown(workspace.max_subscriptions),
                     shown(workspace.api_per_second),
                     shown(workspace.api_burst),
+                    shown(workspace.retention_days),
                     workspace.name
                 );
             }

@@ -1,6 +1,7 @@
-//! Retention, by a background task: events older than the retention period
-//! are removed with their deliveries and attempts, and the responses stored
-//! under `Idempotency-Key`s once their keys have expired (24 h).
+//! Retention, by a background task: events older than their workspace's
+//! retention period (its own, or the configured one) are removed with their
+//! deliveries and attempts, and the responses stored under
+//! `Idempotency-Key`s once their keys have expired (24 h).
 
 use std::time::Duration;
 
@@ -9,19 +10,30 @@ use tokio::sync::watch;
 
 use crate::clock::{SharedClock, to_db};
 use crate::db::writer::Writer;
-use crate::db::{DbConnection, DbError, events, idempotency};
+use crate::db::{DbConnection, DbError, events, idempotency, workspaces};
 
 const BATCH: i64 = 1_000;
 
-/// Removes every event created more than `retention` before `clock`'s now;
+/// Removes every event created longer ago than its workspace keeps events
+/// (`retention` unless the workspace sets its own) before `clock`'s now;
 /// returns how many. Works in batches so no transaction grows large.
 pub async fn prune_expired(
     writer: &Writer,
     clock: &SharedClock,
     retention: Duration,
 ) -> Result<usize, DbError> {
-    let before = to_db(clock.now_utc() - retention);
-    in_batches(writer, move |conn| events::prune(conn, before, BATCH)).await
+    let now = clock.now_utc();
+    let mut removed = 0;
+    for workspace in writer.run(workspaces::list).await? {
+        let kept = workspace
+            .retention_days
+            .and_then(|days| u64::try_from(days).ok())
+            .map_or(retention, |days| Duration::from_secs(days * 86_400));
+        let before = to_db(now - kept);
+        let id = workspace.id;
+        removed += in_batches(writer, move |conn| events::prune(conn, &id, before, BATCH)).await?;
+    }
+    Ok(removed)
 }
 
 /// Removes the responses stored under keys older than

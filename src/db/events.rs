@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::DbConnection;
 use super::models::EventRow;
-use super::schema::{events, feed_retention};
+use super::schema::{events, workspaces};
 use crate::domain::WorkspaceId;
 
 pub fn find(
@@ -85,32 +85,36 @@ pub fn read_feed(conn: &mut DbConnection, query: &FeedQuery) -> QueryResult<Feed
         query.limit,
     )?;
     if let Some(after) = query.after
-        && after < pruned_through(conn)?
+        && after < pruned_through(conn, &query.workspace)?
     {
         return Ok(FeedRead::Expired);
     }
     Ok(FeedRead::Page(rows))
 }
 
-/// Events up to this position have been pruned.
-pub fn pruned_through(conn: &mut DbConnection) -> QueryResult<i64> {
-    feed_retention::table
-        .find(1)
-        .select(feed_retention::pruned_through)
+/// `workspace`'s events up to this position have been pruned (none: 0).
+pub fn pruned_through(conn: &mut DbConnection, workspace: &str) -> QueryResult<i64> {
+    workspaces::table
+        .find(workspace)
+        .select(workspaces::pruned_through)
         .first(conn)
+        .optional()
+        .map(Option::unwrap_or_default)
 }
 
-/// Removes events created before `before` with their deliveries and
-/// attempts, at most `batch` at a time; returns how many were removed. Runs
-/// in the caller's transaction (the writer's).
+/// Removes `workspace`'s events created before `before` with their
+/// deliveries and attempts, at most `batch` at a time; returns how many
+/// were removed. Runs in the caller's transaction (the writer's).
 pub fn prune(
     conn: &mut DbConnection,
+    workspace: &str,
     before: time::PrimitiveDateTime,
     batch: i64,
 ) -> QueryResult<usize> {
     use super::schema::{deliveries, delivery_attempts};
 
     let doomed: Vec<(String, Option<i64>)> = events::table
+        .filter(events::workspace_id.eq(workspace))
         .filter(events::created_at.lt(before))
         .order(events::feed_position.asc())
         .select((events::id, events::feed_position))
@@ -131,11 +135,11 @@ pub fn prune(
     diesel::delete(events::table.filter(events::id.eq_any(&ids))).execute(conn)?;
     if let Some(highest) = doomed.iter().filter_map(|(_, p)| *p).max() {
         diesel::update(
-            feed_retention::table
-                .find(1)
-                .filter(feed_retention::pruned_through.lt(highest)),
+            workspaces::table
+                .find(workspace)
+                .filter(workspaces::pruned_through.lt(highest)),
         )
-        .set(feed_retention::pruned_through.eq(highest))
+        .set(workspaces::pruned_through.eq(highest))
         .execute(conn)?;
     }
     Ok(doomed.len())

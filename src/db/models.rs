@@ -314,4 +314,8 @@ pub struct WorkspaceRow {
     /// API requests per second of its clients together; `None`: the default.
     pub api_per_second: Option<i32>,
     pub api_burst: Option<i32>,
+    /// Days its events are kept; `None`: the default.
+    pub retention_days: Option<i32>,
+    /// Its events up to this feed position have been pruned.
+    pub pruned_through: i64,
 }

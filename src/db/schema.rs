@@ -70,13 +70,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    feed_retention (id) {
-        id -> Integer,
-        pruned_through -> BigInt,
-    }
-}
-
-diesel::table! {
     feed_state (id) {
         id -> Integer,
         last_position -> BigInt,
@@ -155,6 +148,8 @@ diesel::table! {
         max_subscriptions -> Nullable<Integer>,
         api_per_second -> Nullable<Integer>,
         api_burst -> Nullable<Integer>,
+        retention_days -> Nullable<Integer>,
+        pruned_through -> BigInt,
     }
 }
 
@@ -177,7 +172,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     deliveries,
     delivery_attempts,
     events,
-    feed_retention,
     feed_state,
     idempotency_keys,
     messages,

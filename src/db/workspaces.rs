@@ -37,6 +37,7 @@ pub fn set_limits(conn: &mut DbConnection, row: &WorkspaceRow) -> QueryResult<()
             workspaces::max_subscriptions.eq(row.max_subscriptions),
             workspaces::api_per_second.eq(row.api_per_second),
             workspaces::api_burst.eq(row.api_burst),
+            workspaces::retention_days.eq(row.retention_days),
         ))
         .execute(conn)
         .map(drop)

@@ -196,13 +196,15 @@ backend_tests_with_backend! {
         assert!(rows.iter().any(|row| row.contains(WorkspaceId::DEFAULT) && row.ends_with("default")));
         let again = run(&app, &["workspaces", "create", "--name", "acme"]).await.failed();
         assert!(again.error_line().contains("already named `acme`"), "{again:#?}");
-        run(&app, &["workspaces", "update", &workspace, "--max-subscriptions", "5", "--api-per-second", "10", "--api-burst", "20"]).await.ok();
+        run(&app, &["workspaces", "update", &workspace, "--max-subscriptions", "5", "--api-per-second", "10", "--api-burst", "20", "--retention-days", "7"]).await.ok();
         let row = |ran: &Ran| ran.rows().iter().find(|row| row.contains(&workspace)).unwrap().split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         let listed = run(&app, &["workspaces", "list"]).await.ok();
-        assert_eq!(row(&listed)[2..], ["5", "10", "20", "acme"], "{listed:#?}");
+        assert_eq!(row(&listed)[2..], ["5", "10", "20", "7", "acme"], "{listed:#?}");
         run(&app, &["workspaces", "update", &workspace, "--max-subscriptions", "default"]).await.ok();
         let listed = run(&app, &["workspaces", "list"]).await.ok();
-        assert_eq!(row(&listed)[2..], ["default", "10", "20", "acme"], "{listed:#?}");
+        assert_eq!(row(&listed)[2..], ["default", "10", "20", "7", "acme"], "{listed:#?}");
+        let zero = run(&app, &["workspaces", "update", &workspace, "--retention-days", "0"]).await.failed();
+        assert!(zero.error_line().contains("at least 1"), "{zero:#?}");
         let bad = run(&app, &["workspaces", "update", &workspace, "--api-burst", "lots"]).await;
         assert_eq!(bad.code, Some(2), "{bad:#?}");
         let missing = run(&app, &["workspaces", "update", "wsp_00000000000000000000000009", "--api-burst", "1"]).await.failed();

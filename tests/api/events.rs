@@ -268,7 +268,7 @@ mod own_app {
                     let mut removed = removed_by_hook.lock().unwrap();
                     if matches!(event, InstrumentationEvent::FinishQuery { .. }) && removed.is_none() {
                         let mut conn = pruner.get().unwrap();
-                        *removed = Some(write_transaction(&mut conn, |c| events::prune(c, before, 1_000)).map_err(|e| e.to_string()));
+                        *removed = Some(write_transaction(&mut conn, |c| events::prune(c, thinhook::domain::WorkspaceId::DEFAULT, before, 1_000)).map_err(|e| e.to_string()));
                     }
                 });
                 let query = events::FeedQuery { workspace: thinhook::domain::WorkspaceId::DEFAULT.into(), after: Some(1), types: Vec::new(), message_id: None, limit: 100 };

@@ -24,6 +24,8 @@ async fn workspace(app: &TestApp, name: &str) -> WorkspaceId {
         max_subscriptions: None,
         api_per_second: None,
         api_burst: None,
+        retention_days: None,
+        pruned_through: 0,
     };
     let db = app.db.clone();
     tokio::task::spawn_blocking(move || {
@@ -410,6 +412,40 @@ mod limits {
             assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
             // The default workspace's client is not held back by A's limit.
             assert_eq!(app.get("/subscriptions").await.status(), StatusCode::OK);
+        }
+
+        async fn a_workspace_keeps_its_events_as_long_as_it_says(backend: Backend) {
+            let mut app = spawn_app_with(backend, Role::Api, |_| {}).await;
+            let wa = workspace(&app, "A").await;
+            let a = app.register_client_in("a", Scopes::all(), &wa).await;
+            let (db, workspace_id) = (app.db.clone(), wa.to_string());
+            tokio::task::spawn_blocking(move || {
+                let mut conn = db.get().unwrap();
+                let mut row = thinhook::db::workspaces::find(&mut conn, &workspace_id).unwrap().unwrap();
+                row.retention_days = Some(1);
+                thinhook::db::workspaces::set_limits(&mut conn, &row).unwrap();
+            })
+            .await
+            .unwrap();
+            let (_, message) = send(&app, &a, Method::POST, "/messages", Some(json!({"text": "short-lived"}))).await;
+            send(&app, &a, Method::POST, &format!("/messages/{}/comments", id(&message)), Some(json!({"text": "too"}))).await;
+            let (_, first) = send(&app, &a, Method::GET, "/events?limit=1", None).await;
+            let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+            app.create_message("kept for 30 days").await;
+
+            app.advance(std::time::Duration::from_secs(2 * 86_400)).await;
+            let clock: thinhook::clock::SharedClock = app.clock.clone();
+            let removed = thinhook::retention::prune_expired(&app.writer, &clock, std::time::Duration::from_secs(30 * 86_400))
+                .await
+                .unwrap();
+            assert_eq!(removed, 2, "A's two events, not the default workspace's");
+            let a = TestClient { token: app.token_for(&a.id, &a.secret, None).await, ..a };
+            let (status, _) = send(&app, &a, Method::GET, &format!("/events?after={cursor}"), None).await;
+            assert_eq!(status, StatusCode::GONE, "A's reader missed pruned events");
+            let (_, feed) = send(&app, &a, Method::GET, "/events", None).await;
+            assert!(feed["data"].as_array().unwrap().is_empty());
+            let kept: Value = app.get("/events").await.json().await.unwrap();
+            assert_eq!(kept["data"].as_array().unwrap().len(), 1);
         }
     }
 }

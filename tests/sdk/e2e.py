@@ -49,8 +49,12 @@ def main():
     }
     # Only `migrate` and `serve` create the database; `clients create` needs one.
     subprocess.run([BINARY, "migrate"], cwd=work, env=env, capture_output=True, text=True, check=True)
-    created = subprocess.run([BINARY, "clients", "create", "--name", "sdk"], cwd=work, env=env,
-                             capture_output=True, text=True, check=True).stdout
+    # The round trip runs in a workspace of its own, as a tenant would.
+    workspace = subprocess.run([BINARY, "workspaces", "create", "--name", "sdk"], cwd=work, env=env,
+                               capture_output=True, text=True, check=True).stdout
+    workspace_id = workspace.split("workspace_id:")[1].split()[0]
+    created = subprocess.run([BINARY, "clients", "create", "--name", "sdk", "--workspace", workspace_id],
+                             cwd=work, env=env, capture_output=True, text=True, check=True).stdout
     client_id = created.split("client_id:")[1].split()[0]
     client_secret = created.split("client_secret:")[1].split()[0]
 

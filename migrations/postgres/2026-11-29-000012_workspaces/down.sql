@@ -8,4 +8,9 @@ ALTER TABLE events DROP COLUMN workspace_id;
 ALTER TABLE comments DROP COLUMN workspace_id;
 ALTER TABLE messages DROP COLUMN workspace_id;
 ALTER TABLE clients DROP COLUMN workspace_id;
+CREATE TABLE feed_retention (
+    id INTEGER PRIMARY KEY NOT NULL,
+    pruned_through BIGINT NOT NULL
+);
+INSERT INTO feed_retention (id, pruned_through) SELECT 1, COALESCE(MAX(pruned_through), 0) FROM workspaces;
 DROP TABLE workspaces;

@@ -57,11 +57,18 @@ async function main(): Promise<void> {
     THINHOOK_LOG_LEVEL: "warn",
   };
   execFileSync(binary, ["migrate"], { cwd: work, env, stdio: "pipe" });
-  const created = execFileSync(binary, ["clients", "create", "--name", "sdk-ts"], {
+  // The round trip runs in a workspace of its own, as a tenant would.
+  const workspace = execFileSync(binary, ["workspaces", "create", "--name", "sdk-ts"], {
     cwd: work,
     env,
     stdio: ["ignore", "pipe", "pipe"],
   }).toString();
+  const workspaceId = /workspace_id:\s+(\S+)/.exec(workspace)?.[1] ?? fail("no workspace id", workspace);
+  const created = execFileSync(
+    binary,
+    ["clients", "create", "--name", "sdk-ts", "--workspace", workspaceId],
+    { cwd: work, env, stdio: ["ignore", "pipe", "pipe"] },
+  ).toString();
   const clientId = /client_id:\s+(\S+)/.exec(created)?.[1] ?? fail("no client id", created);
   const clientSecret = /client_secret:\s+(\S+)/.exec(created)?.[1] ?? fail("no secret", created);
 
