@@ -273,7 +273,7 @@ fn clients(db: &Database, command: ClientsCommand) -> anyhow::Result<()> {
                 Some(id) => {
                     let id = WorkspaceId::parse(&id)?;
                     anyhow::ensure!(
-                        db::workspaces::exists(&mut conn, id.as_str())?,
+                        db::workspaces::find(&mut conn, id.as_str())?.is_some(),
                         "no workspace `{id}`: `thinhook workspaces list` shows them"
                     );
                     id

@@ -88,15 +88,20 @@ impl Revocations {
     }
 
     pub async fn refresh(&self) -> Result<(), DbError> {
-        let rates = self.db.run(workspaces::list).await?;
+        let (all_workspaces, standing) = self
+            .db
+            .run(|conn| Ok((workspaces::list(conn)?, clients::standing(conn)?)))
+            .await?;
+        // Only workspaces with a rate of their own: with none (the usual
+        // case) a request's lookup is on an empty map.
         *self
             .workspace_rates
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = rates
+            .unwrap_or_else(|p| p.into_inner()) = all_workspaces
             .into_iter()
+            .filter(|w| w.api_per_second.is_some() || w.api_burst.is_some())
             .map(|w| (w.id, (w.api_per_second, w.api_burst)))
             .collect();
-        let standing = self.db.run(clients::standing).await?;
         let revoked = standing
             .iter()
             .filter(|client| client.revoked)

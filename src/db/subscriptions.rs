@@ -57,7 +57,8 @@ pub fn quota_refusal(
         .filter(subscriptions::workspace_id.eq(workspace.as_str()))
         .count()
         .get_result(conn)?;
-    let per_workspace = super::workspaces::max_subscriptions(conn, workspace.as_str())?
+    let per_workspace = super::workspaces::find(conn, workspace.as_str())?
+        .and_then(|own| own.max_subscriptions)
         .map_or(i64::from(quota.per_workspace), i64::from);
     if in_workspace >= per_workspace {
         return Ok(Some(format!(

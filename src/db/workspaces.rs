@@ -13,15 +13,6 @@ pub fn insert(conn: &mut DbConnection, row: &WorkspaceRow) -> QueryResult<()> {
         .map(drop)
 }
 
-pub fn exists(conn: &mut DbConnection, id: &str) -> QueryResult<bool> {
-    workspaces::table
-        .find(id)
-        .select(workspaces::id)
-        .first::<String>(conn)
-        .optional()
-        .map(|found| found.is_some())
-}
-
 pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<WorkspaceRow>> {
     workspaces::table
         .find(id)
@@ -41,16 +32,6 @@ pub fn set_limits(conn: &mut DbConnection, row: &WorkspaceRow) -> QueryResult<()
         ))
         .execute(conn)
         .map(drop)
-}
-
-/// The subscriptions `id`'s clients may have together, if it set its own.
-pub fn max_subscriptions(conn: &mut DbConnection, id: &str) -> QueryResult<Option<i32>> {
-    workspaces::table
-        .find(id)
-        .select(workspaces::max_subscriptions)
-        .first::<Option<i32>>(conn)
-        .optional()
-        .map(Option::flatten)
 }
 
 pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<WorkspaceRow>> {

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use diesel::QueryResult;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use time::OffsetDateTime;
 use url::Url;
@@ -15,7 +16,7 @@ use crate::clock::{SharedClock, to_db};
 use crate::db::models::{SubscriptionRow, Verification};
 use crate::db::subscriptions::{self, VerificationColumns};
 use crate::db::writer::Writer;
-use crate::db::{DbError, queue};
+use crate::db::{DbConnection, DbError, queue};
 
 pub const REQUEST_ORIGIN: HeaderName = HeaderName::from_static("webhook-request-origin");
 const REQUEST_RATE: HeaderName = HeaderName::from_static("webhook-request-rate");
@@ -110,23 +111,7 @@ impl Handshaker {
             .zip(answers)
             .map(|(row, answer)| Self::record(row, answer, now))
             .collect();
-        let consented = writer
-            .run(move |conn| {
-                let mut consented = 0;
-                for (id, url, columns) in &records {
-                    if subscriptions::record_handshake(conn, id, url, columns)?
-                        && columns.verification == Verification::Verified.as_str()
-                    {
-                        consented += 1;
-                    }
-                }
-                if consented > 0 {
-                    // Their held deliveries are due: wake the other processes too.
-                    queue::announce(conn)?;
-                }
-                Ok(consented)
-            })
-            .await?;
+        let consented = writer.run(move |conn| store(conn, &records)).await?;
         Ok(consented)
     }
 
@@ -139,15 +124,11 @@ impl Handshaker {
         row: &SubscriptionRow,
     ) -> Result<Option<SubscriptionRow>, DbError> {
         let answer = self.ask(&row.url).await;
-        let (id, url, columns) = Self::record(row, answer, clock.now_utc());
+        let record = Self::record(row, answer, clock.now_utc());
         writer
             .run(move |conn| {
-                if subscriptions::record_handshake(conn, &id, &url, &columns)?
-                    && columns.verification == Verification::Verified.as_str()
-                {
-                    queue::announce(conn)?;
-                }
-                subscriptions::find(conn, &id)
+                store(conn, std::slice::from_ref(&record))?;
+                subscriptions::find(conn, &record.0)
             })
             .await
     }
@@ -187,6 +168,27 @@ impl Handshaker {
             columns(answer, row.verification_attempts, now),
         )
     }
+}
+
+/// Records handshakes `(subscription, url asked, columns)`; returns how many
+/// consented, and when any did, tells every process that their held
+/// deliveries are due.
+fn store(
+    conn: &mut DbConnection,
+    records: &[(String, String, VerificationColumns)],
+) -> QueryResult<usize> {
+    let mut consented = 0;
+    for (id, url, columns) in records {
+        if subscriptions::record_handshake(conn, id, url, columns)?
+            && columns.verification == Verification::Verified.as_str()
+        {
+            consented += 1;
+        }
+    }
+    if consented > 0 {
+        queue::announce(conn)?;
+    }
+    Ok(consented)
 }
 
 /// The handshake columns after `answer`, `attempts` unanswered ones before it.
