@@ -319,6 +319,15 @@ pub struct Caller<S> {
 }
 
 impl<S> Caller<S> {
+    /// The caller as the owner of subscriptions: what scopes the storage
+    /// layer's queries on them.
+    pub fn owner(&self) -> crate::db::subscriptions::Owner {
+        crate::db::subscriptions::Owner {
+            workspace: self.workspace.clone(),
+            client: self.client_id.clone(),
+        }
+    }
+
     /// Refuses the request unless the token also holds `scope`: for what a
     /// route needs beyond its own scope in some cases only.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {

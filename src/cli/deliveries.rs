@@ -13,12 +13,12 @@ use crate::clock::{self, SINCE_FORMAT, SystemClock};
 use crate::db::models::{DeliveryRow, EventRow, SubscriptionRow};
 use crate::db::{self, Database, DbConnection, deliveries, queue, subscriptions};
 use crate::domain::cursor::Cursor;
-use crate::domain::{ClientId, DeliveryId, SubscriptionId};
+use crate::domain::{ClientId, DeliveryId, SubscriptionId, WorkspaceId};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeliveriesCommand {
-    /// List deliveries, oldest first: everyone's, one client's or one
-    /// subscription's.
+    /// List deliveries, oldest first: everyone's, one workspace's, one
+    /// client's or one subscription's.
     ///
     /// Prints a table on stdout. When more deliveries follow, the cursor of
     /// the next page (for `--after`) is printed on stderr.
@@ -46,6 +46,9 @@ pub enum DeliveriesCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
+    /// Only the deliveries of this workspace's subscriptions (`wsp_…`).
+    #[arg(long, value_name = "ID", value_parser = WorkspaceId::parse, conflicts_with_all = ["client", "subscription"])]
+    workspace: Option<WorkspaceId>,
     /// Only the deliveries of this client's subscriptions (`cli_…`).
     #[arg(long, value_name = "ID", value_parser = ClientId::parse, conflicts_with = "subscription")]
     client: Option<ClientId>,
@@ -124,18 +127,26 @@ pub fn run(db: &Database, command: DeliveriesCommand) -> anyhow::Result<()> {
 
 fn list(conn: &mut DbConnection, args: &ListArgs) -> anyhow::Result<()> {
     // An id that names nothing is a mistake to point out, not an empty list.
-    let of = match (&args.client, &args.subscription) {
-        (Some(client), _) => {
-            db::clients::find(conn, client.as_str())?
-                .with_context(|| format!("no client `{client}`"))?;
-            deliveries::DeliveriesOf::Owner(client.to_string())
+    let of = match (&args.workspace, &args.client, &args.subscription) {
+        (Some(workspace), _, _) => {
+            db::workspaces::find(conn, workspace.as_str())?
+                .with_context(|| format!("no workspace `{workspace}`"))?;
+            deliveries::DeliveriesOf::Workspace(workspace.clone())
         }
-        (None, Some(subscription)) => {
+        (None, Some(client), _) => {
+            let row = db::clients::find(conn, client.as_str())?
+                .with_context(|| format!("no client `{client}`"))?;
+            deliveries::DeliveriesOf::Owner(subscriptions::Owner {
+                workspace: WorkspaceId::parse(&row.workspace_id)?,
+                client: client.clone(),
+            })
+        }
+        (None, None, Some(subscription)) => {
             subscriptions::find(conn, subscription.as_str())?
                 .with_context(|| format!("no subscription `{subscription}`"))?;
             deliveries::DeliveriesOf::Subscription(subscription.to_string())
         }
-        (None, None) => deliveries::DeliveriesOf::All,
+        (None, None, None) => deliveries::DeliveriesOf::All,
     };
     let limit = usize::from(args.limit);
     let mut rows = deliveries::list(
@@ -291,7 +302,7 @@ fn retry(conn: &mut DbConnection, id: &DeliveryId) -> anyhow::Result<()> {
         if delivery.status == deliveries::PENDING {
             return Ok(Retried::Queued(delivery.next_attempt_at));
         }
-        deliveries::retry_now(conn, id.as_str(), now)?;
+        deliveries::retry_now(conn, id.as_str(), None, now)?;
         queue::announce(conn)?;
         let subscription = subscriptions::find(conn, &delivery.subscription_id)?;
         Ok(Retried::Done(Box::new((delivery, event, subscription))))
@@ -331,9 +342,9 @@ fn replay(conn: &mut DbConnection, args: &ReplayArgs) -> anyhow::Result<()> {
         let requeued = deliveries::replay(
             conn,
             &subscription.id,
+            None,
             args.include.statuses(),
             args.since,
-            deliveries::REPLAY_LIMIT,
             now,
         )?;
         if requeued > 0 {

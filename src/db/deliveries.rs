@@ -10,6 +10,8 @@ use time::PrimitiveDateTime;
 use super::DbConnection;
 use super::models::{AttemptRow, DeliveryRow, EventRow, SubscriptionRow};
 use super::schema::{deliveries, delivery_attempts, events, subscriptions};
+use super::subscriptions::Owner;
+use crate::domain::WorkspaceId;
 
 pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
@@ -165,7 +167,7 @@ pub struct Recorded {
 pub fn find_owned(
     conn: &mut DbConnection,
     id: &str,
-    owner: &str,
+    owner: &Owner,
 ) -> QueryResult<Option<(DeliveryRow, EventRow)>> {
     find(conn, id, Some(owner))
 }
@@ -175,7 +177,7 @@ pub fn find_owned(
 pub fn find(
     conn: &mut DbConnection,
     id: &str,
-    owner: Option<&str>,
+    owner: Option<&Owner>,
 ) -> QueryResult<Option<(DeliveryRow, EventRow)>> {
     let mut query = deliveries::table
         .inner_join(events::table)
@@ -184,7 +186,9 @@ pub fn find(
         .select((DeliveryRow::as_select(), EventRow::as_select()))
         .into_boxed();
     if let Some(owner) = owner {
-        query = query.filter(subscriptions::owner_client_id.eq(owner));
+        query = query
+            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+            .filter(subscriptions::owner_client_id.eq(owner.client.as_str()));
     }
     query.first(conn).optional()
 }
@@ -192,10 +196,14 @@ pub fn find(
 /// Whose deliveries a list holds.
 #[derive(Debug, Clone)]
 pub enum DeliveriesOf {
-    /// One subscription's (its owner checked by the caller).
-    Subscription(String),
+    /// One subscription's, if `Owner` owns it.
+    OwnedSubscription(Owner, String),
     /// Every subscription's of a client.
-    Owner(String),
+    Owner(Owner),
+    /// One subscription's, whoever owns it: for the operator.
+    Subscription(String),
+    /// Every subscription's in a workspace: for the operator.
+    Workspace(WorkspaceId),
     /// Everyone's: for the operator.
     All,
 }
@@ -218,8 +226,17 @@ pub fn list(
         .limit(limit)
         .into_boxed();
     query = match of {
+        DeliveriesOf::OwnedSubscription(owner, id) => query
+            .filter(deliveries::subscription_id.eq(id))
+            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
+        DeliveriesOf::Owner(owner) => query
+            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
         DeliveriesOf::Subscription(id) => query.filter(deliveries::subscription_id.eq(id)),
-        DeliveriesOf::Owner(owner) => query.filter(subscriptions::owner_client_id.eq(owner)),
+        DeliveriesOf::Workspace(workspace) => {
+            query.filter(subscriptions::workspace_id.eq(workspace.as_str()))
+        }
         DeliveriesOf::All => query,
     };
     if let Some(status) = status {
@@ -234,36 +251,65 @@ pub fn list(
     query.load(conn)
 }
 
-/// Deliveries one replay queues at most; call again for the rest.
-pub const REPLAY_LIMIT: i64 = 1000;
-
-/// Makes due now, at most `limit`, the finished deliveries of
-/// `subscription` created since `since` whose status is one of `statuses`
-/// (never pending: those are queued already, so replaying twice queues
-/// nothing twice). Returns how many, oldest first.
-pub fn replay(
-    conn: &mut DbConnection,
-    subscription: &str,
-    statuses: &[&str],
-    since: PrimitiveDateTime,
-    limit: i64,
-    now: PrimitiveDateTime,
-) -> QueryResult<usize> {
-    let chosen: Vec<String> = deliveries::table
-        .filter(deliveries::subscription_id.eq(subscription))
-        .filter(deliveries::status.eq_any(statuses))
-        .filter(deliveries::status.ne(PENDING))
-        .filter(deliveries::created_at.ge(since))
-        .order(deliveries::id.asc())
-        .limit(limit)
+/// The ids of the deliveries of `owner`'s subscriptions, or of all when
+/// `None` (the operator's), to narrow down and load.
+fn delivery_ids(
+    owner: Option<&Owner>,
+) -> diesel::helper_types::IntoBoxed<
+    '_,
+    diesel::dsl::Select<
+        diesel::dsl::InnerJoin<deliveries::table, subscriptions::table>,
+        deliveries::id,
+    >,
+    super::MultiBackend,
+> {
+    let query = deliveries::table
+        .inner_join(subscriptions::table)
         .select(deliveries::id)
-        .load(conn)?;
-    diesel::update(deliveries::table.filter(deliveries::id.eq_any(&chosen)))
+        .into_boxed();
+    match owner {
+        Some(owner) => query
+            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
+        None => query,
+    }
+}
+
+/// Makes the deliveries `ids` due now, pending again.
+fn requeue(conn: &mut DbConnection, ids: &[String], now: PrimitiveDateTime) -> QueryResult<usize> {
+    diesel::update(deliveries::table.filter(deliveries::id.eq_any(ids)))
         .set((
             deliveries::status.eq(PENDING),
             deliveries::next_attempt_at.eq(now),
         ))
         .execute(conn)
+}
+
+/// Deliveries one replay queues at most; call again for the rest.
+pub const REPLAY_LIMIT: i64 = 1000;
+
+/// Makes due now, at most [`REPLAY_LIMIT`], the finished deliveries of
+/// `subscription` (if `owner` owns it, when given) created since `since`
+/// whose status is one of `statuses` (never pending: those are queued
+/// already, so replaying twice queues nothing twice). Returns how many,
+/// oldest first.
+pub fn replay(
+    conn: &mut DbConnection,
+    subscription: &str,
+    owner: Option<&Owner>,
+    statuses: &[&str],
+    since: PrimitiveDateTime,
+    now: PrimitiveDateTime,
+) -> QueryResult<usize> {
+    let chosen: Vec<String> = delivery_ids(owner)
+        .filter(deliveries::subscription_id.eq(subscription))
+        .filter(deliveries::status.eq_any(statuses))
+        .filter(deliveries::status.ne(PENDING))
+        .filter(deliveries::created_at.ge(since))
+        .order(deliveries::id.asc())
+        .limit(REPLAY_LIMIT)
+        .load(conn)?;
+    requeue(conn, &chosen, now)
 }
 
 pub fn attempts_of(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<AttemptRow>> {
@@ -289,15 +335,18 @@ pub fn last_attempted(
         .load(conn)
 }
 
-/// Makes a delivery due now (pending again if it had failed).
-pub fn retry_now(conn: &mut DbConnection, id: &str, now: PrimitiveDateTime) -> QueryResult<()> {
-    diesel::update(deliveries::table.find(id))
-        .set((
-            deliveries::status.eq(PENDING),
-            deliveries::next_attempt_at.eq(now),
-        ))
-        .execute(conn)
-        .map(drop)
+/// Makes a delivery due now (pending again if it had failed), if it is of
+/// a subscription of `owner` when given; returns whether it was.
+pub fn retry_now(
+    conn: &mut DbConnection,
+    id: &str,
+    owner: Option<&Owner>,
+    now: PrimitiveDateTime,
+) -> QueryResult<bool> {
+    let chosen: Vec<String> = delivery_ids(owner)
+        .filter(deliveries::id.eq(id))
+        .load(conn)?;
+    Ok(requeue(conn, &chosen, now)? == 1)
 }
 
 /// A fetch of a resource by a client, to record on its deliveries.

@@ -12,7 +12,16 @@ use super::deliveries::Verdict;
 use super::fixed::{Bind, Fixed};
 use super::models::{Format, SubscriptionRow, Verification};
 use super::schema::subscriptions;
-use crate::domain::{EventType, EventTypes, WorkspaceId};
+use crate::domain::{ClientId, EventType, EventTypes, WorkspaceId};
+
+/// A client acting on its own subscriptions: every query on its behalf
+/// filters on its workspace and on it, in the statement itself, so another
+/// workspace's subscription is as absent as a missing id.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub workspace: WorkspaceId,
+    pub client: ClientId,
+}
 
 pub fn insert(conn: &mut DbConnection, row: &SubscriptionRow) -> QueryResult<()> {
     diesel::insert_into(subscriptions::table)
@@ -38,13 +47,14 @@ pub struct Quota {
 /// so that enabling one never passes a quota.
 pub fn quota_refusal(
     conn: &mut DbConnection,
-    owner: &str,
-    workspace: &WorkspaceId,
+    owner: &Owner,
     message_id: Option<&str>,
     quota: Quota,
 ) -> QueryResult<Option<String>> {
+    let workspace = &owner.workspace;
     let owned: i64 = subscriptions::table
-        .filter(subscriptions::owner_client_id.eq(owner))
+        .filter(subscriptions::workspace_id.eq(workspace.as_str()))
+        .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
         .count()
         .get_result(conn)?;
     if owned >= i64::from(quota.per_client) {
@@ -75,6 +85,7 @@ pub fn quota_refusal(
     let filtered: i64 = match message_id {
         Some(message_id) => subscriptions::table
             .filter(subscriptions::message_id.eq(message_id))
+            .filter(subscriptions::workspace_id.eq(workspace.as_str()))
             .count()
             .get_result(conn)?,
         None => subscriptions::table
@@ -108,11 +119,12 @@ pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<Subscriptio
 pub fn find_owned(
     conn: &mut DbConnection,
     id: &str,
-    owner: &str,
+    owner: &Owner,
 ) -> QueryResult<Option<SubscriptionRow>> {
     subscriptions::table
         .find(id)
-        .filter(subscriptions::owner_client_id.eq(owner))
+        .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+        .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
         .select(SubscriptionRow::as_select())
         .first(conn)
         .optional()
@@ -120,12 +132,13 @@ pub fn find_owned(
 
 pub fn list_owned(
     conn: &mut DbConnection,
-    owner: &str,
+    owner: &Owner,
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<SubscriptionRow>> {
     let mut query = subscriptions::table
-        .filter(subscriptions::owner_client_id.eq(owner))
+        .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+        .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
         .select(SubscriptionRow::as_select())
         .order(subscriptions::id.asc())
         .limit(limit)
@@ -198,7 +211,7 @@ impl VerificationColumns {
 pub fn patch_owned(
     conn: &mut DbConnection,
     id: &str,
-    owner: &str,
+    owner: &Owner,
     patch: &Patch,
     now: PrimitiveDateTime,
 ) -> QueryResult<Option<SubscriptionRow>> {
@@ -212,7 +225,7 @@ pub fn patch_owned(
 #[derive(Debug)]
 pub struct PlannedPatch {
     id: String,
-    owner: String,
+    owner: Owner,
     changes: Changes,
     /// The handshake state starts afresh.
     verification: Option<VerificationColumns>,
@@ -232,7 +245,7 @@ impl PlannedPatch {
 pub fn plan_patch(
     conn: &mut DbConnection,
     id: &str,
-    owner: &str,
+    owner: &Owner,
     patch: &Patch,
     now: PrimitiveDateTime,
 ) -> QueryResult<Option<PlannedPatch>> {
@@ -272,7 +285,7 @@ pub fn plan_patch(
     }
     Ok(Some(PlannedPatch {
         id: id.to_owned(),
-        owner: owner.to_owned(),
+        owner: owner.clone(),
         changes,
         verification,
     }))
@@ -283,13 +296,17 @@ pub fn apply_patch(
     conn: &mut DbConnection,
     planned: &PlannedPatch,
 ) -> QueryResult<Option<SubscriptionRow>> {
-    diesel::update(subscriptions::table.find(&planned.id))
+    let owned = || {
+        subscriptions::table
+            .find(&planned.id)
+            .filter(subscriptions::workspace_id.eq(planned.owner.workspace.as_str()))
+            .filter(subscriptions::owner_client_id.eq(planned.owner.client.as_str()))
+    };
+    diesel::update(owned())
         .set(&planned.changes)
         .execute(conn)?;
     if let Some(verification) = &planned.verification {
-        diesel::update(subscriptions::table.find(&planned.id))
-            .set(verification)
-            .execute(conn)?;
+        diesel::update(owned()).set(verification).execute(conn)?;
     }
     find_owned(conn, &planned.id, &planned.owner)
 }
@@ -301,6 +318,7 @@ pub fn apply_patch(
 pub fn replace_secret(
     conn: &mut DbConnection,
     id: &str,
+    owner: &Owner,
     current: &str,
     sealed: &str,
     previous_expires: PrimitiveDateTime,
@@ -309,6 +327,8 @@ pub fn replace_secret(
     let replaced = diesel::update(
         subscriptions::table
             .find(id)
+            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+            .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
             .filter(subscriptions::secret.eq(current)),
     )
     .set((
@@ -381,13 +401,14 @@ pub fn record_handshake(
 }
 
 /// Deletes the subscription with its deliveries and their attempts.
-pub fn delete_owned(conn: &mut DbConnection, id: &str, owner: &str) -> QueryResult<bool> {
+pub fn delete_owned(conn: &mut DbConnection, id: &str, owner: &Owner) -> QueryResult<bool> {
     use super::schema::{deliveries, delivery_attempts};
 
     let deleted = diesel::delete(
         subscriptions::table
             .find(id)
-            .filter(subscriptions::owner_client_id.eq(owner)),
+            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
+            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
     )
     .execute(conn)?
         == 1;

@@ -20,7 +20,8 @@ use crate::db::deliveries::FetchMark;
 use crate::db::messages as repo;
 use crate::db::models::{CommentRow, Format, MessageRow};
 use crate::db::outbox::{Publication, Resource};
-use crate::domain::{ClientId, CommentId, EventType, EventTypes, MessageId, Text, WorkspaceId};
+use crate::db::subscriptions::Owner;
+use crate::domain::{CommentId, EventType, EventTypes, MessageId, Text};
 use crate::error::ApiError;
 use crate::trace::TraceParent;
 
@@ -146,11 +147,12 @@ async fn create_message(
     let subscription = match &body.new_comment_webhook {
         Some(url) => {
             let url = subscriptions::vet_url(&state, "newCommentWebhook", url).await?;
-            check_quota(&state, &caller.client_id, &caller.workspace, &id).await?;
+            let owner = caller.owner();
+            check_quota(&state, &owner, &id).await?;
             let types = EventTypes::one(EventType::CommentCreated);
             Some(subscriptions::new_subscription(
                 &state,
-                (&caller.client_id, &caller.workspace),
+                &owner,
                 subscriptions::Wanted {
                     url: &url,
                     event_types: &types,
@@ -200,22 +202,12 @@ async fn create_message(
 /// Whether the caller may add a subscription to a new message. Read before
 /// the message is published, so requests of one client in flight together
 /// can pass the quota by their number; `POST /subscriptions` is exact.
-async fn check_quota(
-    state: &AppState,
-    client: &ClientId,
-    workspace: &WorkspaceId,
-    message: &MessageId,
-) -> Result<(), ApiError> {
-    let (owner, workspace, message, quota) = (
-        client.to_string(),
-        workspace.clone(),
-        message.to_string(),
-        state.webhooks.quota,
-    );
+async fn check_quota(state: &AppState, owner: &Owner, message: &MessageId) -> Result<(), ApiError> {
+    let (owner, message, quota) = (owner.clone(), message.to_string(), state.webhooks.quota);
     let refusal = state
         .db
         .run(move |conn| {
-            crate::db::subscriptions::quota_refusal(conn, &owner, &workspace, Some(&message), quota)
+            crate::db::subscriptions::quota_refusal(conn, &owner, Some(&message), quota)
         })
         .await?;
     refusal.map_or(Ok(()), |refusal| Err(ApiError::QuotaExceeded(refusal)))

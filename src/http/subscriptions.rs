@@ -16,11 +16,10 @@ use crate::auth::{Caller, Scope, SubscriptionsManage};
 use crate::clock::{SINCE_FORMAT, db_now, parse_since, to_db};
 use crate::db::deliveries::REPLAY_LIMIT;
 use crate::db::models::{AttemptRow, DeliveryRow, EventRow, Format, SubscriptionRow, Verification};
-use crate::db::subscriptions::VerificationColumns;
+use crate::db::subscriptions::{Owner, VerificationColumns};
 use crate::db::{DbConnection, deliveries, messages as message_repo, queue, subscriptions as repo};
 use crate::domain::{
-    ClientId, DeliveryId, Description, EventTypes, MessageId, SigningSecret, SubscriptionId,
-    WebhookUrl, WorkspaceId,
+    DeliveryId, Description, EventTypes, MessageId, SigningSecret, SubscriptionId, WebhookUrl,
 };
 use crate::error::ApiError;
 
@@ -250,11 +249,7 @@ pub struct Wanted<'a> {
 }
 
 /// Builds a subscription with a fresh secret, sealed for storage.
-pub fn new_subscription(
-    state: &AppState,
-    (owner, workspace): (&ClientId, &WorkspaceId),
-    wanted: Wanted<'_>,
-) -> NewSubscription {
+pub fn new_subscription(state: &AppState, owner: &Owner, wanted: Wanted<'_>) -> NewSubscription {
     let Wanted {
         url,
         event_types,
@@ -270,7 +265,7 @@ pub fn new_subscription(
     let row = SubscriptionRow {
         secret: state.webhooks.secrets.seal(&secret.expose(), id.as_str()),
         id: id.to_string(),
-        owner_client_id: owner.to_string(),
+        owner_client_id: owner.client.to_string(),
         url: url.to_string(),
         event_types: event_types.to_stored(),
         message_id: message_id.map(ToString::to_string),
@@ -290,7 +285,7 @@ pub fn new_subscription(
         verification_error: verification.verification_error,
         verified_at: verification.verified_at,
         allowed_rate: verification.allowed_rate,
-        workspace_id: workspace.to_string(),
+        workspace_id: owner.workspace.to_string(),
     };
     NewSubscription { row, secret }
 }
@@ -347,9 +342,10 @@ async fn create(
         .as_deref()
         .map_or(Ok(Format::default()), parse_format)?;
     let url = vet_url(&state, "url", &body.url).await?;
+    let owner = caller.owner();
     let new = new_subscription(
         &state,
-        (&caller.client_id, &caller.workspace),
+        &owner,
         Wanted {
             url: &url,
             event_types: &event_types,
@@ -362,21 +358,19 @@ async fn create(
     let row = new.row.clone();
     let location = state.links.absolute(&format!("/subscriptions/{}", row.id));
     let (created, stored) = once.created(&state, location, &new.into_response())?;
-    let (quota, workspace) = (state.webhooks.quota, caller.workspace.clone());
+    let quota = state.webhooks.quota;
     // Counted and inserted by the one writer, so concurrent requests of this
     // process cannot pass the quota together.
     state
         .writer
         .run(move |conn| {
             if let Some(message_id) = &message_id
-                && !message_repo::message_exists(conn, &workspace, message_id)?
+                && !message_repo::message_exists(conn, &owner.workspace, message_id)?
             {
                 return Ok(Err(validation("message_id", "names no existing message")));
             }
             let message_id = message_id.as_ref().map(MessageId::as_str);
-            if let Some(refusal) =
-                repo::quota_refusal(conn, &row.owner_client_id, &workspace, message_id, quota)?
-            {
+            if let Some(refusal) = repo::quota_refusal(conn, &owner, message_id, quota)? {
                 return Ok(Err(ApiError::QuotaExceeded(refusal)));
             }
             repo::insert(conn, &row)?;
@@ -394,7 +388,7 @@ async fn list(
 ) -> Result<web::Json<Page<Subscription>>, ApiError> {
     let limit = params.limit()?;
     let after = params.after(SubscriptionId::parse)?;
-    let owner = caller.client_id.to_string();
+    let owner = caller.owner();
     let rows = state
         .db
         .run(move |conn| {
@@ -409,10 +403,10 @@ async fn list(
 
 async fn find(
     state: &AppState,
-    caller: &ClientId,
+    owner: Owner,
     id: &SubscriptionId,
 ) -> Result<SubscriptionRow, ApiError> {
-    let (lookup, owner) = (id.to_string(), caller.to_string());
+    let lookup = id.to_string();
     state
         .db
         .run(move |conn| repo::find_owned(conn, &lookup, &owner))
@@ -426,7 +420,7 @@ async fn get(
     path: web::Path<SubscriptionPath>,
 ) -> Result<web::Json<Subscription>, ApiError> {
     Ok(web::Json(
-        find(&state, &caller.client_id, &path.id).await?.into(),
+        find(&state, caller.owner(), &path.id).await?.into(),
     ))
 }
 
@@ -461,11 +455,7 @@ async fn update(
         signature_scheme: signature_scheme.map(str::to_owned),
         format,
     };
-    let (id, owner, now) = (
-        path.id.to_string(),
-        caller.client_id.to_string(),
-        db_now(&*state.clock),
-    );
+    let (id, owner, now) = (path.id.to_string(), caller.owner(), db_now(&*state.clock));
     let row = state
         .writer
         .run(move |conn| repo::patch_owned(conn, &id, &owner, &patch, now))
@@ -485,7 +475,7 @@ async fn verify(
     state: web::Data<AppState>,
     path: web::Path<SubscriptionPath>,
 ) -> Result<web::Json<Subscription>, ApiError> {
-    let row = find(&state, &caller.client_id, &path.id).await?;
+    let row = find(&state, caller.owner(), &path.id).await?;
     if !row.format().needs_handshake() {
         return Err(ApiError::Conflict(format!(
             "the subscription's format is `{}`: only CloudEvents subscriptions are verified",
@@ -510,7 +500,7 @@ async fn delete(
     state: web::Data<AppState>,
     path: web::Path<SubscriptionPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, owner) = (path.id.to_string(), caller.client_id.to_string());
+    let (id, owner) = (path.id.to_string(), caller.owner());
     let deleted = state
         .writer
         .run(move |conn| repo::delete_owned(conn, &id, &owner))
@@ -540,7 +530,7 @@ async fn rotate(
     let secret = SigningSecret::generate();
     let (id, owner, sealer) = (
         path.id.to_string(),
-        caller.client_id.to_string(),
+        caller.owner(),
         state.webhooks.secrets.clone(),
     );
     let plain = secret.expose();
@@ -557,6 +547,7 @@ async fn rotate(
                 if repo::replace_secret(
                     conn,
                     &id,
+                    &owner,
                     &row.secret,
                     &sealed,
                     to_db(expires),
@@ -708,7 +699,7 @@ async fn all_deliveries(
         after: params.after,
     };
     let query = DeliveriesQuery::check(params.status, params.since.as_deref(), page)?;
-    let of = deliveries::DeliveriesOf::Owner(caller.client_id.to_string());
+    let of = deliveries::DeliveriesOf::Owner(caller.owner());
     deliveries_page(&state, of, query).await
 }
 
@@ -808,13 +799,14 @@ async fn replay(
         Some("all") => &[deliveries::FAILED, deliveries::DELIVERED],
         Some(_) => return Err(validation("include", "must be `failed` or `all`")),
     };
-    let subscription = find(&state, &caller.client_id, &path.id).await?;
+    let owner = caller.owner();
+    let subscription = find(&state, owner.clone(), &path.id).await?;
     let now = db_now(&*state.clock);
     let requeued = state
         .writer
         .run(move |conn| {
             let requeued =
-                deliveries::replay(conn, &subscription.id, statuses, since, REPLAY_LIMIT, now)?;
+                deliveries::replay(conn, &subscription.id, Some(&owner), statuses, since, now)?;
             queue::announce(conn)?;
             Ok(requeued)
         })
@@ -837,8 +829,9 @@ async fn deliveries_log(
         after: params.after,
     };
     let query = DeliveriesQuery::check(params.status, None, page)?;
-    let subscription = find(&state, &caller.client_id, &path.id).await?;
-    let of = deliveries::DeliveriesOf::Subscription(subscription.id);
+    let owner = caller.owner();
+    let subscription = find(&state, owner.clone(), &path.id).await?;
+    let of = deliveries::DeliveriesOf::OwnedSubscription(owner, subscription.id);
     deliveries_page(&state, of, query).await
 }
 
@@ -847,7 +840,7 @@ async fn retry(
     state: web::Data<AppState>,
     path: web::Path<DeliveryPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, owner) = (path.id.to_string(), caller.client_id.to_string());
+    let (id, owner) = (path.id.to_string(), caller.owner());
     let now = db_now(&*state.clock);
     let found = state
         .writer
@@ -862,7 +855,9 @@ async fn retry(
                      that attempt is made"
                 ))));
             }
-            deliveries::retry_now(conn, &id, now)?;
+            if !deliveries::retry_now(conn, &id, Some(&owner), now)? {
+                return Ok(Ok(None));
+            }
             queue::announce(conn)?;
             let row = deliveries::find_owned(conn, &id, &owner)?;
             row.map(|row| with_attempts(conn, vec![row]))

@@ -141,6 +141,10 @@ backend_tests_with_backend! {
         assert!(of_other.rows().iter().all(|row| row.contains(&theirs) && row.contains("delivered")), "{of_other:#?}");
         let later = rfc3339(app.clock_now() + Duration::from_secs(3600));
         assert!(run(&app, &["deliveries", "list", "--since", &later]).await.ok().rows().is_empty());
+        let in_default = run(&app, &["deliveries", "list", "--workspace", WorkspaceId::DEFAULT]).await.ok();
+        assert_eq!(in_default.rows().len(), 6, "{in_default:#?}");
+        let nowhere = run(&app, &["deliveries", "list", "--workspace", "wsp_00000000000000000000000009"]).await.failed();
+        assert!(nowhere.error_line().contains("no workspace"), "{nowhere:#?}");
 
         // Paged: each delivery once.
         let first = run(&app, &["deliveries", "list", "--limit", "4"]).await.ok();

@@ -113,6 +113,17 @@ pub struct TestClient {
     pub id: String,
     pub secret: String,
     pub token: String,
+    pub workspace: thinhook::domain::WorkspaceId,
+}
+
+impl TestClient {
+    /// The client as the storage layer scopes its subscriptions.
+    pub fn owner(&self) -> thinhook::db::subscriptions::Owner {
+        thinhook::db::subscriptions::Owner {
+            workspace: self.workspace.clone(),
+            client: thinhook::domain::ClientId::parse(&self.id).expect("a client id"),
+        }
+    }
 }
 
 pub struct TestApp {
@@ -249,6 +260,7 @@ pub async fn spawn_app_with(
             id: String::new(),
             secret: String::new(),
             token: String::new(),
+            workspace: thinhook::domain::WorkspaceId::default_workspace(),
         },
         dispatcher,
         writer,
@@ -304,7 +316,7 @@ impl TestApp {
         workspace: &thinhook::domain::WorkspaceId,
     ) -> TestClient {
         let (db, name, now) = (self.db.clone(), name.to_owned(), self.clock.now_utc());
-        let workspace = workspace.clone();
+        let (workspace, in_workspace) = (workspace.clone(), workspace.clone());
         let created = tokio::task::spawn_blocking(move || {
             auth::clients::create(
                 &mut db.get().expect("connection"),
@@ -320,7 +332,12 @@ impl TestApp {
         let id = created.id.to_string();
         let secret = created.secret.expose().to_owned();
         let token = self.token_for(&id, &secret, None).await;
-        TestClient { id, secret, token }
+        TestClient {
+            id,
+            secret,
+            token,
+            workspace: in_workspace,
+        }
     }
 
     /// A token from `POST /oauth/token` (HTTP Basic), optionally for fewer scopes.

@@ -21,7 +21,7 @@ async fn create_subscription(app: &TestApp) -> Value {
 backend_tests! {
     async fn a_patch_keeps_a_disable_that_came_between_its_read_and_its_write(app: &TestApp) {
         let subscription = create_subscription(app).await;
-        let (id, owner) = (subscription["id"].as_str().unwrap().to_owned(), app.user.id.clone());
+        let (id, owner) = (subscription["id"].as_str().unwrap().to_owned(), app.user.owner());
         let (db, now) = (app.db.clone(), thinhook::clock::to_db(app.clock_now()));
         let stored = tokio::task::spawn_blocking(move || {
             let mut conn = db.get().unwrap();
@@ -51,7 +51,7 @@ backend_tests! {
             returned.push(body["secret"].as_str().unwrap().to_owned());
         }
 
-        let (db, lookup, owner) = (app.db.clone(), id.clone(), app.user.id.clone());
+        let (db, lookup, owner) = (app.db.clone(), id.clone(), app.user.owner());
         let row = tokio::task::spawn_blocking(move || repo::find_owned(&mut db.get().unwrap(), &lookup, &owner).unwrap().unwrap())
             .await
             .unwrap();

@@ -52,7 +52,7 @@ backend_tests! {
         let created: Value = subscribe(app, json!({"url": "http://127.0.0.1:9/", "event_types": ["comment.created"]})).await.json().await.unwrap();
         let secret = created["secret"].as_str().unwrap().to_owned();
         let (db, sub) = (app.db.clone(), id(&created).to_owned());
-        let owner = app.user.id.clone();
+        let owner = app.user.owner();
         let row = tokio::task::spawn_blocking(move || {
             thinhook::db::subscriptions::find_owned(&mut db.get().unwrap(), &sub, &owner)
         })

@@ -13,6 +13,18 @@ use crate::helpers::{TestApp, TestClient};
 use crate::receiver::Receiver;
 use crate::spec::SERVER_ROUTES;
 use crate::webhooks::id;
+use thinhook::db::deliveries::{self, DeliveriesOf};
+use thinhook::db::subscriptions::{self, Owner};
+
+/// Marks a delivery delivered again, as if its attempt had been made.
+fn mark_delivered(conn: &mut thinhook::db::DbConnection, delivery: &str) {
+    use diesel::prelude::*;
+    use thinhook::db::schema::deliveries::dsl;
+    diesel::update(dsl::deliveries.find(delivery))
+        .set(dsl::status.eq(deliveries::DELIVERED))
+        .execute(conn)
+        .unwrap();
+}
 
 /// Creates a workspace directly in the database.
 async fn workspace(app: &TestApp, name: &str) -> WorkspaceId {
@@ -258,6 +270,47 @@ backend_tests! {
         // The control: the same forging with A's workspace is accepted.
         let (own, _) = tokens::issue(&key, &policy, &client, &Scopes::all(), &wa, now).unwrap();
         assert_eq!(app.get_with_token(&path, &own).await.status(), StatusCode::OK);
+    }
+
+    async fn the_storage_layer_scopes_subscriptions_and_deliveries_by_workspace(app: &TestApp) {
+        let (wa, wb) = (workspace(app, "A").await, workspace(app, "B").await);
+        let a = app.register_client_in("a", Scopes::all(), &wa).await;
+        let receiver = Receiver::start().await;
+        let held = fill(app, &a, &receiver).await;
+        // A's own client id, but in another workspace: the workspace is in
+        // the statements, not just implied by the client.
+        let stray = Owner { workspace: wb.clone(), client: ClientId::parse(&a.id).unwrap() };
+        let (db, owner, now) = (app.db.clone(), a.owner(), thinhook::clock::to_db(app.clock_now()));
+        tokio::task::spawn_blocking(move || {
+            let conn = &mut db.get().unwrap();
+            let (sub, dlv) = (held.subscription.as_str(), held.delivery.as_str());
+            let since = thinhook::clock::to_db(time::OffsetDateTime::UNIX_EPOCH);
+            for (who, is_owner) in [(&stray, false), (&owner, true)] {
+                assert_eq!(subscriptions::find_owned(conn, sub, who).unwrap().is_some(), is_owner);
+                assert_eq!(subscriptions::list_owned(conn, who, None, 10).unwrap().len(), usize::from(is_owner));
+                assert_eq!(deliveries::find_owned(conn, dlv, who).unwrap().is_some(), is_owner);
+                for of in [DeliveriesOf::Owner(who.clone()), DeliveriesOf::OwnedSubscription(who.clone(), sub.to_owned())] {
+                    assert_eq!(deliveries::list(conn, &of, None, None, None, 10).unwrap().len(), usize::from(is_owner));
+                }
+                let patch = subscriptions::Patch { description: Some(Some("renamed".into())), ..Default::default() };
+                assert_eq!(subscriptions::patch_owned(conn, sub, who, &patch, now).unwrap().is_some(), is_owner);
+                let current = subscriptions::find(conn, sub).unwrap().unwrap().secret;
+                assert_eq!(subscriptions::replace_secret(conn, sub, who, &current, "v1:sealed", now, now).unwrap(), is_owner);
+                assert_eq!(deliveries::replay(conn, sub, Some(who), &[deliveries::DELIVERED], since, now).unwrap(), usize::from(is_owner));
+                // Queued by the replay (or not): make it finished again for the retry.
+                mark_delivered(conn, dlv);
+                assert_eq!(deliveries::retry_now(conn, dlv, Some(who), now).unwrap(), is_owner);
+            }
+            // The operator's view of a workspace.
+            for (workspace, count) in [(wa, 1), (wb, 0)] {
+                let of = DeliveriesOf::Workspace(workspace);
+                assert_eq!(deliveries::list(conn, &of, None, None, None, 10).unwrap().len(), count);
+            }
+            assert!(!subscriptions::delete_owned(conn, sub, &stray).unwrap());
+            assert!(subscriptions::delete_owned(conn, sub, &owner).unwrap());
+        })
+        .await
+        .unwrap();
     }
 }
 
