@@ -13,8 +13,10 @@ use crate::domain::WorkspaceId;
 use crate::startup::{Application, Role, shutdown_signal};
 
 mod deliveries;
+mod portal_link;
 
 pub use deliveries::DeliveriesCommand;
+pub use portal_link::PortalLinkArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +62,10 @@ pub enum Command {
     /// Inspect and resend webhook deliveries, across every client.
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// Print a sign-in link to the subscriber portal for a client: it works
+    /// once, for `--minutes` (15), and manages only that client's
+    /// subscriptions. Give it to the client's owner over a private channel.
+    PortalLink(PortalLinkArgs),
     /// Receive webhooks locally: verify, fetch the resource, print, forward.
     Listen(crate::listen::ListenArgs),
     /// Measure a gateway: start it, load it, receive its webhooks, report.
@@ -217,6 +223,10 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Deliveries(command) => {
             with_database(settings, move |db| deliveries::run(db, command)).await
+        }
+        Command::PortalLink(args) => {
+            let for_link = settings.clone();
+            with_database(settings, move |db| portal_link::run(db, &for_link, &args)).await
         }
         Command::Listen(args) => crate::listen::run(args, shutdown_signal()).await,
         Command::Bench(args) => crate::bench::run(args).await,

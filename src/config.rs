@@ -44,6 +44,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub tracing: TracingSettings,
+    pub portal: PortalSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +164,25 @@ pub struct TracingSettings {
     pub service_name: String,
 }
 
+/// The subscriber portal at `/portal/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortalSettings {
+    pub enabled: bool,
+    /// Who may show the portal in a frame: the CSP `frame-ancestors`
+    /// sources, e.g. `'self' https://app.example.com`; `'none'`: nobody.
+    pub frame_ancestors: String,
+}
+
+impl Default for PortalSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            frame_ancestors: "'none'".into(),
+        }
+    }
+}
+
 /// Prometheus metrics at `GET /metrics`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -236,6 +256,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             metrics: MetricsSettings::default(),
             tracing: TracingSettings::default(),
+            portal: PortalSettings::default(),
         }
     }
 }
@@ -421,6 +442,8 @@ impl Settings {
             .map_err(|reason| ("metrics.listen", reason))?;
         validate_otlp_endpoint(&self.tracing.otlp_endpoint)
             .map_err(|reason| ("tracing.otlp_endpoint", reason))?;
+        validate_frame_ancestors(&self.portal.frame_ancestors)
+            .map_err(|reason| ("portal.frame_ancestors", reason))?;
         if self.max_body_bytes < 1024 {
             return Err(("max_body_bytes", "must be at least 1024".into()));
         }
@@ -558,6 +581,38 @@ fn validate_otlp_endpoint(value: &str) -> Result<(), String> {
 
 /// Comma-separated levels and `target=level` directives. (The filter itself would take a misspelt level such as
 /// `dbug` for a target name and quietly log nothing.)
+/// A CSP `frame-ancestors` source list: `'none'` alone, or `'self'` and
+/// origins (`https://app.example.com`, `https://*.example.com:8443`).
+fn validate_frame_ancestors(list: &str) -> Result<(), String> {
+    let sources: Vec<&str> = list.split_whitespace().collect();
+    if sources == ["'none'"] {
+        return Ok(());
+    }
+    if sources.is_empty() {
+        return Err(
+            "must be `'none'` or a list of sources such as `'self' https://app.example.com`".into(),
+        );
+    }
+    for source in sources {
+        let origin = source
+            .strip_prefix("https://")
+            .or_else(|| source.strip_prefix("http://"));
+        let is_origin = origin.is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:*".contains(c))
+        });
+        if source != "'self'" && !is_origin {
+            return Err(format!(
+                "`{source}` is not `'self'` or an origin such as https://app.example.com \
+                 (`'none'` stands alone)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_log_level(value: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let is_level = |level: &str| LEVELS.contains(&level.trim().to_ascii_lowercase().as_str());

@@ -46,6 +46,19 @@ pub async fn prune_idempotency_keys(
     in_batches(writer, move |conn| idempotency::prune(conn, before, BATCH)).await
 }
 
+/// Forgets the uses of portal links that have expired (an expired link is
+/// refused before its use is looked up); returns how many.
+pub async fn prune_portal_link_uses(
+    writer: &Writer,
+    clock: &SharedClock,
+) -> Result<usize, DbError> {
+    let before = to_db(clock.now_utc());
+    in_batches(writer, move |conn| {
+        crate::db::portal_links::prune(conn, before, BATCH)
+    })
+    .await
+}
+
 /// Runs `prune` through the writer until a run removes less than a batch.
 async fn in_batches<F>(writer: &Writer, prune: F) -> Result<usize, DbError>
 where
@@ -74,6 +87,10 @@ pub async fn run(
         report(
             "idempotency keys",
             prune_idempotency_keys(&writer, &clock).await,
+        );
+        report(
+            "portal link uses",
+            prune_portal_link_uses(&writer, &clock).await,
         );
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

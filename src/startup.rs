@@ -142,8 +142,7 @@ impl Application {
         let address = listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let public_base_url = match (settings.public_base_url.as_str(), address) {
             ("", Some(address)) => default_base_url(address),
-            ("", None) => default_base_url(settings.listen),
-            (url, _) => url.trim_end_matches('/').to_owned(),
+            _ => configured_base_url(settings),
         };
 
         let delivery = &settings.delivery;
@@ -286,6 +285,10 @@ impl Application {
                 let max_body_bytes = settings.max_body_bytes;
                 let authenticator_data = authenticator.clone();
                 let with_metrics = settings.metrics.enabled && metrics_server.is_none();
+                let portal = settings
+                    .portal
+                    .enabled
+                    .then(|| http::portal::PortalHeaders::new(&settings.portal.frame_ancestors));
                 let counters = web::Data::from(metrics.clone());
                 let exporter = web::Data::new(exporter);
                 let mut server = HttpServer::new(move || {
@@ -297,7 +300,11 @@ impl Application {
                         .app_data(authenticator.clone())
                         .app_data(counters.clone())
                         .app_data(exporter.clone())
-                        .configure(http::configure(max_body_bytes, with_metrics))
+                        .configure(http::configure(
+                            max_body_bytes,
+                            with_metrics,
+                            portal.clone(),
+                        ))
                 })
                 // Signals are handled by `run_until_stopped`, which also stops the dispatcher.
                 .disable_signals()
@@ -518,16 +525,10 @@ fn lock_dispatching(database: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-fn authenticator(
-    settings: &Settings,
-    db: &Database,
-    secrets: &Arc<SecretBox>,
-    clock: &SharedClock,
-    public_base_url: &str,
-    revocations: Arc<Revocations>,
-) -> anyhow::Result<Authenticator> {
+/// What this gateway's tokens (and portal links) say and how long they last.
+pub fn token_policy(settings: &Settings, public_base_url: &str) -> TokenPolicy {
     let auth = &settings.auth;
-    let policy = TokenPolicy {
+    TokenPolicy {
         issuer: if auth.issuer.is_empty() {
             public_base_url.to_owned()
         } else {
@@ -536,15 +537,49 @@ fn authenticator(
         audience: auth.audience.clone(),
         lifetime: Duration::from_secs(auth.token_ttl_secs),
         leeway: Duration::from_secs(auth.leeway_secs),
-    };
+    }
+}
+
+/// The keys that sign and verify tokens: the database's, or the configured
+/// file's.
+pub fn key_ring(
+    settings: &Settings,
+    db: &Database,
+    secrets: &Arc<SecretBox>,
+    clock: &SharedClock,
+    policy: &TokenPolicy,
+) -> anyhow::Result<KeyRing> {
+    let auth = &settings.auth;
     // A retired key verifies as long as a token it signed can.
     let grace = policy.lifetime + policy.leeway;
-    let keys = if auth.signing_key_file.is_empty() {
+    Ok(if auth.signing_key_file.is_empty() {
         KeyRing::from_database(db.clone(), secrets.clone(), clock.clone(), grace)
     } else {
         let key = SigningKey::from_pem_file(Path::new(&auth.signing_key_file))?;
         KeyRing::from_file(key, clock.clone(), grace)
-    };
+    })
+}
+
+/// The base URL of the gateway configured by `settings`, as a command that
+/// does not listen tells it.
+pub fn configured_base_url(settings: &Settings) -> String {
+    if settings.public_base_url.is_empty() {
+        default_base_url(settings.listen)
+    } else {
+        settings.public_base_url.trim_end_matches('/').to_owned()
+    }
+}
+
+fn authenticator(
+    settings: &Settings,
+    db: &Database,
+    secrets: &Arc<SecretBox>,
+    clock: &SharedClock,
+    public_base_url: &str,
+    revocations: Arc<Revocations>,
+) -> anyhow::Result<Authenticator> {
+    let policy = token_policy(settings, public_base_url);
+    let keys = key_ring(settings, db, secrets, clock, &policy)?;
     Ok(Authenticator {
         keys: Arc::new(keys),
         policy,

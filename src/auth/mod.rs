@@ -13,6 +13,7 @@
 
 pub mod clients;
 pub mod keys;
+pub mod portal_links;
 pub mod revocations;
 pub mod scope;
 pub mod secret;

@@ -45,6 +45,7 @@ pub mod idempotency;
 pub mod messages;
 pub mod models;
 pub mod outbox;
+pub mod portal_links;
 pub mod presence;
 pub mod queue;
 pub mod schema;

@@ -113,6 +113,8 @@ pub struct SubscriptionRow {
     /// Requests per minute the receiver allowed; `None`: no limit.
     pub allowed_rate: Option<i32>,
     pub workspace_id: String,
+    /// Its last successful delivery, to the minute.
+    pub last_success_at: Option<PrimitiveDateTime>,
 }
 
 impl SubscriptionRow {

@@ -102,6 +102,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    portal_link_uses (jti) {
+        jti -> Text,
+        client_id -> Text,
+        used_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     signing_keys (kid) {
         kid -> Text,
         private_key -> Text,
@@ -137,6 +146,7 @@ diesel::table! {
         verified_at -> Nullable<Timestamp>,
         allowed_rate -> Nullable<Integer>,
         workspace_id -> Text,
+        last_success_at -> Nullable<Timestamp>,
     }
 }
 
@@ -175,6 +185,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     feed_state,
     idempotency_keys,
     messages,
+    portal_link_uses,
     signing_keys,
     subscriptions,
     workers,

@@ -454,14 +454,17 @@ pub fn matching(
     .load(conn)
 }
 
+/// How stale a subscription's `last_success_at` may get before a success
+/// writes it again: the health it shows is this coarse, and a busy
+/// subscription costs one write a minute instead of one per batch.
+pub const LAST_SUCCESS_GRANULARITY: Duration = Duration::from_secs(60);
+
 /// Applies what attempts, in the order they finished, say about their
-/// subscriptions: a 2xx makes a subscription healthy, a failure starts its
-/// failing period (if none runs), and one failing for `disable_after`
-/// without a success, or answering 410, is disabled. Subscriptions that
-/// succeeded cost one statement together.
-/// Clears or starts subscriptions' failing periods from a batch of
-/// verdicts, disabling those that answered 410 Gone or failed for longer
-/// than `disable_after`; returns how many it disabled.
+/// subscriptions: a 2xx makes a subscription healthy (and marks its last
+/// success), a failure starts its failing period (if none runs), and one
+/// failing for `disable_after` without a success, or answering 410, is
+/// disabled. Subscriptions that succeeded cost one statement together.
+/// Returns how many it disabled.
 pub fn apply_verdicts(
     conn: &mut DbConnection,
     verdicts: &[(&str, Verdict, PrimitiveDateTime)],
@@ -488,13 +491,29 @@ pub fn apply_verdicts(
         .iter()
         .filter_map(|(id, health)| health.succeeded.then_some(*id))
         .collect();
-    diesel::update(
-        subscriptions::table
-            .filter(subscriptions::id.eq_any(&succeeded))
-            .filter(subscriptions::failing_since.is_not_null()),
-    )
-    .set(subscriptions::failing_since.eq(None::<PrimitiveDateTime>))
-    .execute(conn)?;
+    let last_success = verdicts
+        .iter()
+        .filter(|(_, verdict, _)| *verdict == Verdict::Delivered)
+        .map(|&(_, _, at)| at)
+        .max();
+    if let Some(at) = last_success {
+        let stale = at - LAST_SUCCESS_GRANULARITY;
+        diesel::update(
+            subscriptions::table
+                .filter(subscriptions::id.eq_any(&succeeded))
+                .filter(
+                    subscriptions::failing_since
+                        .is_not_null()
+                        .or(subscriptions::last_success_at.is_null())
+                        .or(subscriptions::last_success_at.lt(stale)),
+                ),
+        )
+        .set((
+            subscriptions::failing_since.eq(None::<PrimitiveDateTime>),
+            subscriptions::last_success_at.eq(at),
+        ))
+        .execute(conn)?;
+    }
     let mut disabled = 0;
     let failing = by_subscription
         .into_iter()

@@ -797,6 +797,7 @@ mod tests {
             verified_at: None,
             allowed_rate: None,
             workspace_id: "wsp_00000000000000000000000000".into(),
+            last_success_at: None,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod messages;
 pub mod metrics;
 pub mod oauth;
 pub mod pagination;
+pub mod portal;
 pub mod request_id;
 pub mod subscriptions;
 
@@ -91,14 +92,18 @@ impl Links {
 }
 
 /// Registers the routes and the extractor error handlers; `/metrics` too
-/// when `with_metrics`.
+/// when `with_metrics`, and the portal when it has its headers.
 pub fn configure(
     max_body_bytes: usize,
     with_metrics: bool,
+    portal: Option<portal::PortalHeaders>,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         if with_metrics {
             metrics::routes(cfg);
+        }
+        if let Some(headers) = portal {
+            cfg.configure(portal::routes(headers));
         }
         cfg.app_data(BodyLimit(max_body_bytes))
             .app_data(

@@ -1,5 +1,6 @@
 //! The authorisation server: `POST /oauth/token` (RFC 6749 §4.4, client
-//! credentials) and `GET /.well-known/jwks.json`.
+//! credentials; RFC 7523, a portal link as a JWT bearer assertion) and
+//! `GET /.well-known/jwks.json`.
 //!
 //! Errors here follow RFC 6749 §5.2 (`{"error", "error_description"}`), not
 //! problem documents: that is what OAuth client libraries parse.
@@ -13,9 +14,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{BodyLimit, resource};
-use crate::auth::{self, Authenticator, Scopes};
+use crate::auth::portal_links::{self, LinkError};
+use crate::auth::{self, Authenticator, Scope, Scopes};
 use crate::db::models::ClientRow;
-use crate::domain::ClientId;
+use crate::domain::{ClientId, WorkspaceId};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::rate_limit::Decision;
@@ -44,7 +46,10 @@ pub enum OAuthError {
     InvalidClient { basic: bool },
     #[error("{0}")]
     InvalidScope(String),
-    #[error("only the client_credentials grant is supported")]
+    /// A portal link that cannot be exchanged.
+    #[error("{0}")]
+    InvalidGrant(#[from] LinkError),
+    #[error("only the client_credentials and jwt-bearer (portal link) grants are supported")]
     UnsupportedGrantType,
     /// A token rate limit is spent (by source address or by client id).
     #[error("too many token requests; retry after {retry_after_secs} s")]
@@ -62,6 +67,7 @@ impl OAuthError {
             Self::InvalidRequest(_) | Self::TooLarge { .. } => "invalid_request",
             Self::InvalidClient { .. } => "invalid_client",
             Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidGrant(_) => "invalid_grant",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             // RFC 8628's code for a client asking too often.
             Self::SlowDown { .. } => "slow_down",
@@ -210,9 +216,10 @@ async fn token(
     req: HttpRequest,
     body: web::Payload,
     authenticator: web::Data<Authenticator>,
+    state: web::Data<super::AppState>,
     metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, OAuthError> {
-    let result = issue_token(req, body, authenticator).await;
+    let result = issue_token(req, body, authenticator, state).await;
     metrics.token(match &result {
         Ok(_) => "issued",
         Err(error) => error.code(),
@@ -224,6 +231,7 @@ async fn issue_token(
     req: HttpRequest,
     body: web::Payload,
     authenticator: web::Data<Authenticator>,
+    state: web::Data<super::AppState>,
 ) -> Result<HttpResponse, OAuthError> {
     if !is_form(&req) {
         return Err(OAuthError::InvalidRequest(
@@ -236,6 +244,9 @@ async fn issue_token(
     match field(&form, "grant_type")? {
         None => return Err(OAuthError::InvalidRequest("grant_type is required")),
         Some("client_credentials") => {}
+        Some(portal_links::JWT_BEARER) => {
+            return exchange_portal_link(&req, &form, &authenticator, &state).await;
+        }
         Some(_) => return Err(OAuthError::UnsupportedGrantType),
     }
     let requested = field(&form, "scope")?
@@ -265,6 +276,22 @@ async fn issue_token(
         _ => credentials.scopes.clone(),
     };
 
+    grant(
+        &authenticator,
+        credentials.id,
+        scopes,
+        credentials.workspace,
+    )
+    .await
+}
+
+/// Signs an access token for `client` in `workspace` and answers with it.
+async fn grant(
+    authenticator: &web::Data<Authenticator>,
+    client: ClientId,
+    scopes: Scopes,
+    workspace: WorkspaceId,
+) -> Result<HttpResponse, OAuthError> {
     let auth = authenticator.clone();
     let issued = authenticator
         .db
@@ -276,9 +303,9 @@ async fn issue_token(
                     auth::tokens::issue(
                         &key,
                         &auth.policy,
-                        &credentials.id,
+                        &client,
                         &scopes,
-                        &credentials.workspace,
+                        &workspace,
                         auth.clock.now_utc(),
                     )
                     .map_err(anyhow::Error::from)
@@ -298,6 +325,83 @@ async fn issue_token(
             expires_in: authenticator.policy.lifetime.as_secs(),
             scope,
         }))
+}
+
+/// Exchanges a portal link (the `assertion`) for a token that manages the
+/// link's client's subscriptions, once: the link is spent by the exchange.
+async fn exchange_portal_link(
+    req: &HttpRequest,
+    form: &[(String, String)],
+    authenticator: &web::Data<Authenticator>,
+    state: &web::Data<super::AppState>,
+) -> Result<HttpResponse, OAuthError> {
+    let link = field(form, "assertion")?.ok_or(OAuthError::InvalidRequest(
+        "the jwt-bearer grant needs an assertion",
+    ))?;
+    if field(form, "scope")?.is_some() {
+        return Err(OAuthError::InvalidScope(
+            "a portal link grants what the portal needs; ask for no scope".into(),
+        ));
+    }
+    let kid = portal_links::key_id(link)?;
+    let key = authenticator
+        .keys
+        .decoding_key(&kid)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(LinkError::UnknownKey)?;
+    let now = authenticator.clock.now_utc();
+    let claims = portal_links::verify(link, &key, &authenticator.policy, now)?;
+    let (client, workspace) = (claims.client()?, claims.workspace()?);
+    limit_token_requests(req, &client, authenticator)?;
+
+    let expires =
+        time::OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|_| LinkError::Malformed)?;
+    let (lookup, expires) = (client.clone(), crate::clock::to_db(expires));
+    let row = authenticator
+        .db
+        .run(move |conn| auth::clients::find_active(conn, &lookup))
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(LinkError::ClientRevoked)?;
+    if row.workspace_id != workspace.as_str() {
+        return Err(LinkError::WorkspaceChanged.into());
+    }
+    let allowed = Scopes::parse(&row.scopes).unwrap_or_default();
+    if !allowed.contains(Scope::SubscriptionsManage) {
+        return Err(LinkError::NotPermitted.into());
+    }
+    // The portal manages subscriptions; one to every event also needs
+    // events:read (it sees what the feed shows), when the client holds it.
+    let scopes = [Scope::SubscriptionsManage, Scope::EventsRead]
+        .into_iter()
+        .filter(|&scope| allowed.contains(scope))
+        .collect();
+    let (jti, used_by) = (claims.jti.clone(), client.to_string());
+    let first_use = state
+        .writer
+        .run(move |conn| {
+            crate::db::portal_links::use_once(
+                conn,
+                &jti,
+                &used_by,
+                crate::clock::to_db(now),
+                expires,
+            )
+        })
+        .await;
+    match first_use {
+        Ok(true) => {}
+        Ok(false) => return Err(LinkError::Used.into()),
+        // Spent by another process between the read and the insert.
+        Err(crate::db::DbError::Query(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ))) => return Err(LinkError::Used.into()),
+        Err(error) => return Err(ApiError::from(error).into()),
+    }
+    tracing::info!(client = %client, "portal link exchanged");
+    grant(authenticator, client, scopes, workspace).await
 }
 
 /// Token requests are limited per source address and per client id, so a
@@ -364,7 +468,7 @@ async fn metadata(
             "issuer": authenticator.policy.issuer,
             "token_endpoint": state.links.absolute("/oauth/token"),
             "jwks_uri": state.links.absolute("/.well-known/jwks.json"),
-            "grant_types_supported": ["client_credentials"],
+            "grant_types_supported": ["client_credentials", portal_links::JWT_BEARER],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "scopes_supported": Scopes::all().to_string().split(' ').collect::<Vec<_>>(),
             // Client credentials only: no authorisation endpoint, so no response types.

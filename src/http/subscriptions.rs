@@ -105,10 +105,22 @@ pub struct Subscription {
     signature_scheme: String,
     format: String,
     verification: VerificationView,
+    health: Health,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
+}
+
+/// How its endpoint has been answering.
+#[derive(Debug, Serialize)]
+struct Health {
+    /// Its last successful delivery, to the minute.
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_success_at: Option<OffsetDateTime>,
+    /// Its deliveries have failed since then, without a success.
+    #[serde(with = "time::serde::rfc3339::option")]
+    failing_since: Option<OffsetDateTime>,
 }
 
 /// Where the subscription stands in the CloudEvents handshake.
@@ -149,6 +161,10 @@ impl From<SubscriptionRow> for Subscription {
                 verified_at: row.verified_at.map(PrimitiveDateTime::assume_utc),
                 allowed_rate: row.allowed_rate,
                 error: row.verification_error,
+            },
+            health: Health {
+                last_success_at: row.last_success_at.map(PrimitiveDateTime::assume_utc),
+                failing_since: row.failing_since.map(PrimitiveDateTime::assume_utc),
             },
             created_at: row.created_at.assume_utc(),
             updated_at: row.updated_at.assume_utc(),
@@ -286,6 +302,7 @@ pub fn new_subscription(state: &AppState, owner: &Owner, wanted: Wanted<'_>) -> 
         verified_at: verification.verified_at,
         allowed_rate: verification.allowed_rate,
         workspace_id: owner.workspace.to_string(),
+        last_success_at: None,
     };
     NewSubscription { row, secret }
 }

@@ -396,7 +396,7 @@ impl TestApp {
         thinhook::secret_box::SecretBox::from_base64(&self.settings.secrets.encryption_key).unwrap()
     }
 
-    async fn revoke(&self, client_id: &str) {
+    pub(crate) async fn revoke(&self, client_id: &str) {
         let (db, id, now) = (self.db.clone(), client_id.to_owned(), self.clock.now_utc());
         let revoked = tokio::task::spawn_blocking(move || {
             db::clients::revoke(&mut db.get().unwrap(), &id, thinhook::clock::to_db(now))

@@ -30,6 +30,7 @@ mod messages;
 mod observability;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod portal;
 mod races;
 mod receiver;
 mod signatures;

@@ -759,6 +759,7 @@ impl TestApp {
             verified_at: None,
             allowed_rate: None,
             workspace_id: thinhook::domain::WorkspaceId::DEFAULT.into(),
+            last_success_at: None,
         };
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
