@@ -203,7 +203,10 @@ mod discovery {
                 .await
                 .unwrap();
             assert_eq!(metadata["issuer"], app.address.as_str());
-            assert_eq!(metadata["grant_types_supported"], serde_json::json!(["client_credentials"]));
+            assert_eq!(
+                metadata["grant_types_supported"],
+                serde_json::json!(["client_credentials", "urn:ietf:params:oauth:grant-type:jwt-bearer"])
+            );
             // The endpoints it names work.
             let token_endpoint = metadata["token_endpoint"].as_str().unwrap();
             let token = app

@@ -20,13 +20,26 @@ use crate::webhooks::subscribe;
 async fn link_for(app: &TestApp, client: &TestClient, lifetime: Duration) -> String {
     let (key, policy) = (server_signing_key(app).await, server_policy(app));
     let id = ClientId::parse(&client.id).unwrap();
-    portal_links::issue(&key, &policy, &id, &client.workspace, app.clock_now(), lifetime)
-        .unwrap()
-        .0
+    portal_links::issue(
+        &key,
+        &policy,
+        &id,
+        &client.workspace,
+        app.clock_now(),
+        lifetime,
+    )
+    .unwrap()
+    .0
 }
 
 async fn exchange(app: &TestApp, form: &[(&str, &str)]) -> (StatusCode, Value) {
-    let response = app.client.post(app.url("/oauth/token")).form(form).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/oauth/token"))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
     (response.status(), response.json().await.unwrap())
 }
 
@@ -38,7 +51,10 @@ async fn exchange_link(app: &TestApp, link: &str) -> (StatusCode, Value) {
 fn refused(answer: &(StatusCode, Value), why: &str) -> bool {
     answer.0 == StatusCode::BAD_REQUEST
         && answer.1["error"] == "invalid_grant"
-        && answer.1["error_description"].as_str().unwrap().contains(why)
+        && answer.1["error_description"]
+            .as_str()
+            .unwrap()
+            .contains(why)
 }
 
 backend_tests! {

@@ -357,7 +357,14 @@ mod upgrade {
             // The database goes back to before workspaces, then up again.
             let db = app.db.clone();
             let reverted = tokio::task::spawn_blocking(move || {
-                let reverted = db.revert_last_migration().unwrap();
+                // Back through the migrations after it, then it.
+                let mut reverted = db.revert_last_migration().unwrap();
+                for _ in 0..10 {
+                    if reverted.contains("000012") {
+                        break;
+                    }
+                    reverted = db.revert_last_migration().unwrap();
+                }
                 db.migrate().unwrap();
                 reverted
             })
