@@ -211,26 +211,27 @@ impl Application {
             (delivery.handshake_request_rate > 0).then_some(delivery.handshake_request_rate),
             lease,
         ));
+        let attempter = Attempter {
+            client,
+            secrets: secrets.clone(),
+            public_base_url: public_base_url.clone(),
+            retry: RetryPolicy {
+                delays: delivery
+                    .retry_schedule_secs
+                    .iter()
+                    .map(|s| Duration::from_secs(*s))
+                    .collect(),
+                max_retry_after: Duration::from_secs(delivery.max_retry_after_secs),
+            },
+            clock: clock.clone(),
+            endpoints: Arc::default(),
+            metrics: metrics.clone(),
+            webhook_keys: webhook_keys.clone(),
+            origin: handshaker.origin().into(),
+        };
         let dispatcher = Arc::new(Dispatcher::new(dispatcher::Parts {
             writer: writer.clone(),
-            attempter: Attempter {
-                client,
-                secrets: secrets.clone(),
-                public_base_url: public_base_url.clone(),
-                retry: RetryPolicy {
-                    delays: delivery
-                        .retry_schedule_secs
-                        .iter()
-                        .map(|s| Duration::from_secs(*s))
-                        .collect(),
-                    max_retry_after: Duration::from_secs(delivery.max_retry_after_secs),
-                },
-                clock: clock.clone(),
-                endpoints: Arc::default(),
-                metrics: metrics.clone(),
-                webhook_keys: webhook_keys.clone(),
-                origin: handshaker.origin().into(),
-            },
+            attempter: attempter.clone(),
             backend: db.backend(),
             settings: DispatchSettings {
                 lease,
@@ -279,6 +280,7 @@ impl Application {
                         },
                         keys: webhook_keys,
                         handshaker,
+                        attempter: Arc::new(attempter),
                     },
                     in_flight: Arc::default(),
                 });

@@ -11,14 +11,14 @@ use url::Url;
 
 use super::client::{Reply, WebhookClient};
 use super::handshake;
-use super::payload::{CloudEvent, ThinEvent};
+use super::payload::{self, CloudEvent, ThinEvent};
 use super::retry::{self, Outcome, RetryPolicy};
 use super::signer;
 use super::webhook_keys::{WebhookKey, WebhookKeys};
 use crate::clock::{SharedClock, to_db};
 use crate::db::deliveries::{self, AttemptOutcome, AttemptUpdate, Leased, Verdict};
 use crate::db::models::{AttemptRow, EventRow, Format, SubscriptionRow};
-use crate::domain::SigningSecret;
+use crate::domain::{EventId, SigningSecret};
 use crate::metrics::Metrics;
 use crate::secret_box::SecretBox;
 use crate::trace::TraceParent;
@@ -109,6 +109,42 @@ impl Endpoints {
 }
 
 impl Attempter {
+    /// Sends `subscription` a `webhook.test` event now, signed and shaped
+    /// as its deliveries are, but recorded nowhere: no event in the feed,
+    /// no delivery, no retry. Its link is the subscription itself, which
+    /// the owner's token can fetch. Returns the event's id and the answer.
+    pub async fn send_test(&self, subscription: &SubscriptionRow) -> (String, Reply) {
+        let now = self.clock.now_utc();
+        let event = EventRow {
+            id: EventId::generate().to_string(),
+            event_type: payload::TEST_EVENT_TYPE.to_owned(),
+            resource_type: "subscription".to_owned(),
+            resource_id: subscription.id.clone(),
+            resource_path: format!("/subscriptions/{}", subscription.id),
+            message_id: String::new(),
+            sequence: 0,
+            created_at: to_db(now),
+            feed_position: None,
+            traceparent: None,
+            workspace_id: subscription.workspace_id.clone(),
+        };
+        let key = match subscription.signs_v1a() {
+            true => Some(self.webhook_keys.current().await),
+            false => None,
+        }
+        .transpose();
+        let prepared =
+            key.and_then(|key| self.prepare(&event, subscription, now, None, key.as_deref()));
+        let reply = match prepared {
+            Ok((url, headers, body)) => self.client.post(&url, headers, body).await,
+            Err(error) => Reply {
+                error: Some(format!("config: {error:#}")),
+                ..Reply::default()
+            },
+        };
+        (event.id, reply)
+    }
+
     /// Makes the attempt and returns what to record.
     pub async fn attempt(&self, delivery: &Leased) -> AttemptOutcome {
         let (event, subscription) = (&*delivery.event, &*delivery.subscription);

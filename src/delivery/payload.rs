@@ -18,10 +18,16 @@ pub struct ThinEvent<'a> {
 #[derive(Debug, Serialize)]
 pub struct EventData<'a> {
     pub resource: Resource<'a>,
-    pub message_id: &'a str,
+    /// Absent on a test event, which is about no message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<&'a str>,
     /// Position among the message's events: a receiver can drop a stale one.
-    pub sequence: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<i64>,
 }
+
+/// The type of the event `POST /subscriptions/{id}/test` sends.
+pub const TEST_EVENT_TYPE: &str = "webhook.test";
 
 #[derive(Debug, Serialize)]
 pub struct Resource<'a> {
@@ -54,8 +60,8 @@ impl<'a> EventData<'a> {
                 id: &event.resource_id,
                 url: format!("{public_base_url}{}", event.resource_path),
             },
-            message_id: &event.message_id,
-            sequence: event.sequence,
+            message_id: (!event.message_id.is_empty()).then_some(event.message_id.as_str()),
+            sequence: (!event.message_id.is_empty()).then_some(event.sequence),
         }
     }
 }

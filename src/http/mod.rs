@@ -58,6 +58,8 @@ pub struct Webhooks {
     pub keys: Arc<crate::delivery::webhook_keys::WebhookKeys>,
     /// Asks CloudEvents receivers for consent (re-verification on request).
     pub handshaker: Arc<crate::delivery::handshake::Handshaker>,
+    /// Sends test events, as the dispatcher sends deliveries.
+    pub attempter: Arc<crate::delivery::attempt::Attempter>,
 }
 
 /// Builds absolute URLs of resources from the public base URL.

@@ -44,6 +44,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(protected(web::post().to(verify))),
     )
     .service(
+        resource("/subscriptions/{subscriptionId}/test", "POST")
+            .route(protected(web::post().to(send_test))),
+    )
+    .service(
         resource("/subscriptions/{subscriptionId}/deliveries", "GET")
             .route(protected(web::get().to(deliveries_log))),
     )
@@ -52,6 +56,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(protected(web::post().to(replay))),
     )
     .service(resource("/deliveries", "GET").route(protected(web::get().to(all_deliveries))))
+    .service(resource("/deliveries/stats", "GET").route(protected(web::get().to(delivery_stats))))
     .service(
         resource("/deliveries/{deliveryId}/retry", "POST").route(protected(web::post().to(retry))),
     )
@@ -512,6 +517,50 @@ async fn verify(
     Ok(web::Json(row.into()))
 }
 
+/// What the endpoint answered a test event.
+#[derive(Debug, Serialize)]
+struct TestSent {
+    event_id: String,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    /// It answered 2xx.
+    delivered: bool,
+    status_code: Option<u16>,
+    duration_ms: u64,
+    response_excerpt: Option<String>,
+    error: Option<String>,
+}
+
+/// Sends the subscription a `webhook.test` event now and answers with what
+/// its endpoint said. Nothing is recorded or retried: it is for checking an
+/// endpoint, enabled or not.
+async fn send_test(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    path: web::Path<SubscriptionPath>,
+) -> Result<web::Json<TestSent>, ApiError> {
+    let row = find(&state, caller.owner(), &path.id).await?;
+    if row.format().needs_handshake() && row.verification != Verification::Verified.as_str() {
+        return Err(ApiError::Conflict(
+            "the receiver has not consented to CloudEvents from this gateway yet: \
+             POST /subscriptions/{id}/verify first"
+                .into(),
+        ));
+    }
+    let (event_id, reply) = state.webhooks.attempter.send_test(&row).await;
+    Ok(web::Json(TestSent {
+        event_id,
+        event_type: crate::delivery::payload::TEST_EVENT_TYPE,
+        delivered: reply
+            .status
+            .is_some_and(|status| (200..300).contains(&status)),
+        status_code: reply.status,
+        duration_ms: u64::try_from(reply.elapsed.as_millis()).unwrap_or(u64::MAX),
+        response_excerpt: reply.excerpt,
+        error: reply.error,
+    }))
+}
+
 async fn delete(
     caller: Caller<SubscriptionsManage>,
     state: web::Data<AppState>,
@@ -720,6 +769,84 @@ async fn all_deliveries(
     deliveries_page(&state, of, query).await
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsParams {
+    /// RFC 3339; 24 hours ago when absent, at most 7 days ago.
+    since: Option<String>,
+}
+
+/// The caller's deliveries in one hour, by status.
+#[derive(Debug, Serialize)]
+struct HourStats {
+    #[serde(with = "time::serde::rfc3339")]
+    hour: OffsetDateTime,
+    delivered: i64,
+    failed: i64,
+    pending: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct DeliveryStats {
+    #[serde(with = "time::serde::rfc3339")]
+    since: OffsetDateTime,
+    /// Hours with deliveries, oldest first.
+    hours: Vec<HourStats>,
+}
+
+/// How far back the delivery figures reach.
+const STATS_WINDOW: time::Duration = time::Duration::days(7);
+
+/// The caller's deliveries since a time (created then or later), counted
+/// per hour by status: what a chart of its traffic needs.
+async fn delivery_stats(
+    caller: Caller<SubscriptionsManage>,
+    state: web::Data<AppState>,
+    params: web::Query<StatsParams>,
+) -> Result<web::Json<DeliveryStats>, ApiError> {
+    let now = state.clock.now_utc();
+    let since = match params.into_inner().since {
+        Some(since) => since_param(&since)?.assume_utc(),
+        None => now - time::Duration::days(1),
+    };
+    if since < now - STATS_WINDOW {
+        return Err(ApiError::InvalidRequest(
+            "`since` may be at most 7 days ago".into(),
+        ));
+    }
+    let owner = caller.owner();
+    let counts = state
+        .db
+        .run(move |conn| deliveries::hourly_counts(conn, &owner, to_db(since)))
+        .await?;
+    let mut hours: Vec<HourStats> = Vec::new();
+    for count in counts {
+        let hour = OffsetDateTime::from_unix_timestamp(count.hour * 3600)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        if hours.last().is_none_or(|last| last.hour != hour) {
+            hours.push(HourStats {
+                hour,
+                delivered: 0,
+                failed: 0,
+                pending: 0,
+            });
+        }
+        let slot = hours.last_mut().expect("pushed above");
+        match count.status.as_str() {
+            deliveries::DELIVERED => slot.delivered += count.count,
+            deliveries::FAILED => slot.failed += count.count,
+            _ => slot.pending += count.count,
+        }
+    }
+    Ok(web::Json(DeliveryStats { since, hours }))
+}
+
+/// The `since` query parameter, or a 400 saying what it must be.
+fn since_param(since: &str) -> Result<PrimitiveDateTime, ApiError> {
+    parse_since(since)
+        .ok_or_else(|| ApiError::InvalidRequest(format!("`since` {SINCE_FORMAT}, not `{since}`")))
+}
+
 /// A request for a list of deliveries, checked.
 struct DeliveriesQuery {
     status: Option<String>,
@@ -737,13 +864,7 @@ impl DeliveriesQuery {
     ) -> Result<Self, ApiError> {
         Ok(Self {
             status: status_filter(status)?,
-            since: since
-                .map(|since| {
-                    parse_since(since).ok_or_else(|| {
-                        ApiError::InvalidRequest(format!("`since` {SINCE_FORMAT}, not `{since}`"))
-                    })
-                })
-                .transpose()?,
+            since: since.map(since_param).transpose()?,
             limit: page.limit()?,
             after: page.after(DeliveryId::parse)?,
             page,

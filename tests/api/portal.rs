@@ -146,6 +146,44 @@ backend_tests! {
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     }
 
+    async fn a_test_event_is_signed_like_a_delivery_and_recorded_nowhere(app: &TestApp) {
+        let receiver = Receiver::start().await;
+        let (id, secret) = subscribe(app, &receiver.url("/hook"), &["comment.created"], None).await;
+        // It also checks a disabled endpoint.
+        let disabled = app.client.patch(app.url(&format!("/subscriptions/{id}"))).bearer_auth(&app.user.token)
+            .json(&serde_json::json!({"enabled": false})).send().await.unwrap();
+        assert_eq!(disabled.status(), StatusCode::OK);
+        receiver.script([Reply::status(200).with_body(b"all good")]);
+        let sent: Value = app.post_json(&format!("/subscriptions/{id}/test"), &serde_json::json!({})).await.json().await.unwrap();
+        assert_eq!(sent["delivered"], true, "{sent}");
+        assert_eq!((sent["status_code"].as_u64(), sent["response_excerpt"].as_str()), (Some(200), Some("all good")));
+        let got = receiver.received();
+        assert_eq!(got.len(), 1);
+        assert!(crate::webhooks::signed_with(&got[0], &secret));
+        assert_eq!(got[0].header("webhook-id"), sent["event_id"].as_str().unwrap());
+        let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+        assert_eq!(body["type"], "webhook.test");
+        assert_eq!(body["data"]["resource"]["type"], "subscription");
+        assert!(body["data"].get("message_id").is_none(), "{body}");
+        // Its link fetches the subscription.
+        let link = body["data"]["resource"]["url"].as_str().unwrap();
+        let fetched = app.client.get(link).bearer_auth(&app.user.token).send().await.unwrap();
+        assert_eq!(fetched.status(), StatusCode::OK);
+        // Recorded nowhere.
+        assert!(crate::webhooks::deliveries_of(app, &id).await.is_empty());
+        let feed: Value = app.get("/events").await.json().await.unwrap();
+        assert!(feed["data"].as_array().unwrap().is_empty(), "{feed}");
+
+        receiver.script([Reply::status(503)]);
+        let sent: Value = app.post_json(&format!("/subscriptions/{id}/test"), &serde_json::json!({})).await.json().await.unwrap();
+        assert_eq!((sent["delivered"].as_bool(), sent["status_code"].as_u64()), (Some(false), Some(503)));
+        // Another client's subscription is as missing as any.
+        let other = app.register_client("other", Scopes::all()).await;
+        let theirs = app.client.post(app.url(&format!("/subscriptions/{id}/test"))).bearer_auth(&other.token)
+            .json(&serde_json::json!({})).send().await.unwrap();
+        assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    }
+
     async fn a_subscription_tells_its_last_success_and_since_when_it_fails(app: &TestApp) {
         let receiver = Receiver::start().await;
         let (id, _) = subscribe(app, &receiver.url("/"), &["comment.created"], None).await;
@@ -166,6 +204,22 @@ backend_tests! {
         let failing = health(read().await);
         assert!(failing["failing_since"].is_string(), "{failing}");
         assert_eq!(failing["last_success_at"], healthy["last_success_at"]);
+
+        // The same deliveries, counted per hour for a chart.
+        let stats: Value = app.get("/deliveries/stats").await.json().await.unwrap();
+        let hours = stats["hours"].as_array().unwrap();
+        let total = |status: &str| hours.iter().map(|hour| hour[status].as_i64().unwrap()).sum::<i64>();
+        assert_eq!((total("delivered"), total("failed"), total("pending")), (1, 0, 1), "{stats}");
+        assert!(hours[0]["hour"].as_str().unwrap().ends_with(":00:00Z"), "{stats}");
+        let other = app.register_client("other", Scopes::all()).await;
+        let theirs: Value = app.get_with_token("/deliveries/stats", &other.token).await.json().await.unwrap();
+        assert_eq!(theirs["hours"], serde_json::json!([]));
+        let later = (app.clock_now() + Duration::from_secs(3600)).format(&time::format_description::well_known::Rfc3339).unwrap();
+        let none: Value = app.get(&format!("/deliveries/stats?since={later}")).await.json().await.unwrap();
+        assert_eq!(none["hours"], serde_json::json!([]));
+        for bad in ["yesterday", "2000-01-01T00:00:00Z"] {
+            assert_eq!(app.get(&format!("/deliveries/stats?since={bad}")).await.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
     }
 }
 

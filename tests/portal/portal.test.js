@@ -133,9 +133,14 @@ before(async () => {
   receiver = createServer((req, res) => {
     const chunks = [];
     req.on("data", (chunk) => chunks.push(chunk));
-    req.on("end", () => {
-      received.push(JSON.parse(Buffer.concat(chunks).toString() || "null"));
+    req.on("end", async () => {
+      const event = JSON.parse(Buffer.concat(chunks).toString() || "null");
+      received.push(event);
       const status = replies.shift() ?? 200;
+      // As a subscriber does: fetch what the notification points at.
+      if (status === 200 && event?.data?.resource?.type === "comment") {
+        await fetch(event.data.resource.url, { headers: { Authorization: `Bearer ${aliceToken}` } });
+      }
       res.writeHead(status, { "Content-Type": "text/plain" });
       res.end(status === 200 ? "ok" : "receiver down for maintenance");
     });
@@ -264,6 +269,9 @@ test("a subscription made in the portal receives a comment posted through the AP
     await page.getByRole("heading", { level: 2, name: "Deliveries" }).waitFor();
     return (await page.locator('tr[data-status="delivered"]').count()) === 1;
   });
+  // Delivered, then fetched by the receiver with the client's token.
+  const row = page.locator('tr[data-status="delivered"]');
+  assert.equal(await row.getByText("not fetched").count(), 0);
   await page.getByText("Last success").waitFor();
   await page.getByRole("link", { name: "Subscriptions", exact: true }).click();
   await page.getByRole("cell", { name: "Order updates" }).waitFor();
@@ -323,6 +331,14 @@ test("rotating a secret shows the new one once", async () => {
   await page.getByRole("link", { name: hookUrl }).click();
   await page.getByRole("heading", { level: 2, name: "Deliveries" }).waitFor();
   assert.equal(await page.locator("#new-secret").count(), 0);
+
+  // A test event reaches the endpoint and says what it answered.
+  const before = received.length;
+  await page.getByRole("button", { name: "Send test event" }).click();
+  await page.getByText("Test event delivered.").waitFor();
+  await page.getByText("Your endpoint answered 200").waitFor();
+  assert.equal(received.length, before + 1);
+  assert.equal(received.at(-1).type, "webhook.test");
 
   // Disable and enable again.
   await page.getByRole("button", { name: "Disable" }).click();

@@ -15,8 +15,6 @@ const OUTCOMES = [
   ["pending", "Pending"],
 ];
 const JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-/** Pages of 100 deliveries the chart counts at most. */
-const CHART_PAGES = 20;
 
 /** The signed-in client: its token and who it is. */
 let session = null;
@@ -385,6 +383,19 @@ async function subscriptionPage(id, mine, editing) {
     };
     await reload();
   });
+  const testResult = h("div", { role: "status", "aria-live": "polite" });
+  const sendTest = act("Send test event", async () => {
+    const sent = await api("POST", `/subscriptions/${id}/test`, {});
+    const answer = sent.status_code
+      ? `answered ${sent.status_code} in ${sent.duration_ms} ms`
+      : `did not answer: ${sent.error}`;
+    show(testResult, h("div", { class: sent.delivered ? "flash" : "problem" },
+      h("strong", {}, sent.delivered ? "Test event delivered. " : "Test event not delivered. "),
+      `Your endpoint ${answer}.`,
+      sent.response_excerpt ? h("pre", { class: "excerpt" }, sent.response_excerpt) : null,
+      h("p", { class: "muted" }, `webhook-id ${sent.event_id}; nothing is recorded or retried.`)));
+    sendTest.disabled = false;
+  }, "quiet");
   const remove = act("Delete", async () => {
     if (!confirm(`Delete the subscription to ${subscription.url} and its delivery log?`)) return;
     await api("DELETE", `/subscriptions/${id}`);
@@ -407,8 +418,9 @@ async function subscriptionPage(id, mine, editing) {
     details,
     h("div", { class: "actions" },
       h("a", { class: "button", href: `#/subscriptions/${id}/edit` }, "Edit"),
-      toggle, rotate, remove),
+      toggle, rotate, sendTest, remove),
     actionError,
+    testResult,
     replayForm(id),
     log);
   await deliveryLog(log, `/subscriptions/${id}/deliveries`, mine);
@@ -567,15 +579,15 @@ async function deliveriesPage(mine, query) {
 /** Deliveries per hour by outcome over the last day, as stacked bars and a table. */
 async function hourlyChart(section, since, mine) {
   const sinceParam = since.toISOString().replace(/\.\d+Z$/, "Z");
-  const { rows, complete } = await allPages(`/deliveries?since=${sinceParam}&limit=100`, CHART_PAGES);
+  const stats = await api("GET", `/deliveries/stats?since=${sinceParam}`);
   if (mine !== generation) return;
   const hours = Array.from({ length: 25 }, (_, i) => ({
     start: new Date(since.getTime() + i * 3600 * 1000),
     delivered: 0, failed: 0, pending: 0,
   }));
-  for (const delivery of rows) {
-    const slot = Math.floor((new Date(delivery.created_at) - since) / 3600000);
-    if (slot >= 0 && slot < hours.length) hours[slot][delivery.status] += 1;
+  for (const counted of stats.hours) {
+    const slot = Math.floor((new Date(counted.hour) - since) / 3600000);
+    if (slot >= 0 && slot < hours.length) Object.assign(hours[slot], { ...counted, start: hours[slot].start });
   }
   const highest = Math.max(1, ...hours.map((hour) => hour.delivered + hour.failed + hour.pending));
   const [width, height, bar] = [25 * 20 + 16, 120, 14];
@@ -600,8 +612,7 @@ async function hourlyChart(section, since, mine) {
       h("tbody", {}, hours.filter((hour) => hour.delivered + hour.failed + hour.pending > 0).map((hour) => h("tr", {},
         h("th", { scope: "row" }, hour.start.toLocaleString()),
         OUTCOMES.map(([outcome]) => h("td", {}, hour[outcome]))))))));
-  show(section, section.querySelector("h2"), picture, legend,
-    complete ? null : h("p", { class: "muted" }, `Only the first ${CHART_PAGES * 100} deliveries of the day are counted.`), table);
+  show(section, section.querySelector("h2"), picture, legend, table);
 }
 
 // ---------------------------------------------------------------- routing
