@@ -3,9 +3,7 @@
 //!
 //! A link carries a JWT signed by the token keys, exchanged at
 //! `POST /oauth/token` with the JWT bearer grant (RFC 7523) for an access
-//! token scoped to `subscriptions:manage` in the client's workspace (and
-//! `events:read` if the client holds it: a subscription to every event
-//! needs it). It is
+//! token scoped to `subscriptions:manage` in the client's workspace. It is
 //! single-use (its `jti` is recorded at the exchange), expires, and names
 //! its workspace, so a link of a client since moved or revoked is refused.
 //! Its `typ` and audience differ from an access token's: neither passes

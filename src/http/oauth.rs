@@ -371,12 +371,9 @@ async fn exchange_portal_link(
     if !allowed.contains(Scope::SubscriptionsManage) {
         return Err(LinkError::NotPermitted.into());
     }
-    // The portal manages subscriptions; one to every event also needs
-    // events:read (it sees what the feed shows), when the client holds it.
-    let scopes = [Scope::SubscriptionsManage, Scope::EventsRead]
-        .into_iter()
-        .filter(|&scope| allowed.contains(scope))
-        .collect();
+    // What the portal does and no more: a subscription to every event,
+    // which needs events:read too, takes the client's own credentials.
+    let scopes = [Scope::SubscriptionsManage].into_iter().collect();
     let (jti, used_by) = (claims.jti.clone(), client.to_string());
     let first_use = state
         .writer

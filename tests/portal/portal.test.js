@@ -356,6 +356,10 @@ test("a portal link signs in once; a used or expired link is refused", async () 
   await page.getByRole("heading", { level: 1, name: "Subscriptions" }).waitFor();
   await page.getByRole("link", { name: hookUrl }).waitFor();
   assert.ok(!page.url().includes("link="), "the link is dropped from the address");
+  // Its token manages subscriptions only: a new one names its message.
+  await page.getByRole("link", { name: "New subscription" }).click();
+  assert.equal(await page.getByLabel("For message").getAttribute("required"), "");
+  await page.getByText("subscribes to one message at a time").waitFor();
 
   const again = await newPage();
   await again.goto(link);

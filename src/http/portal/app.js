@@ -150,7 +150,12 @@ const SIGN_IN_ERRORS = {
 function startSession(token) {
   const [, payload] = token.access_token.split(".");
   const claims = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/")));
-  session = { token: token.access_token, client: claims.client_id, expires: claims.exp * 1000 };
+  session = {
+    token: token.access_token,
+    client: claims.client_id,
+    expires: claims.exp * 1000,
+    scopes: (token.scope ?? "").split(" "),
+  };
   $("#who").textContent = claims.client_id;
   $("#nav").hidden = false;
   $("#signout").hidden = false;
@@ -281,10 +286,7 @@ function subscriptionForm(existing) {
     h("input", { id: id("url"), name: "url", type: "url", required: true, value: existing?.url ?? "", placeholder: "https://example.com/webhooks", "aria-describedby": id("url-help") }),
     h("p", { id: id("url-help"), class: "help" }, "thinhook posts a signed notification here; your code fetches what changed."),
     types,
-    existing ? null : [
-      h("label", { for: id("message") }, "Only for message (optional)"),
-      h("input", { id: id("message"), name: "message_id", spellcheck: "false", placeholder: "msg_…" }),
-    ],
+    existing ? null : messageField(id("message")),
     h("label", { for: id("description") }, "Description (optional)"),
     h("input", { id: id("description"), name: "description", value: existing?.description ?? "", maxlength: "500" }),
     h("label", { for: id("format") }, "Format"),
@@ -323,6 +325,23 @@ function subscriptionForm(existing) {
     }
   });
   return form;
+}
+
+/**
+ * The message filter of a new subscription. A session without events:read
+ * (a portal link's) may subscribe to one message only, so there it is required.
+ */
+function messageField(fieldId) {
+  const everything = session.scopes.includes("events:read");
+  return [
+    h("label", { for: fieldId }, everything ? "Only for message (optional)" : "For message"),
+    h("input", {
+      id: fieldId, name: "message_id", spellcheck: "false", placeholder: "msg_…",
+      required: !everything, "aria-describedby": everything ? null : `${fieldId}-help`,
+    }),
+    everything ? null : h("p", { id: `${fieldId}-help`, class: "help" },
+      "This sign-in subscribes to one message at a time; every event needs a sign-in with the client's secret."),
+  ];
 }
 
 /** A secret just issued, shown once on the subscription's page. */
