@@ -154,30 +154,8 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::keys::generate_row;
+    use crate::auth::tokens::fixtures::{key, policy};
     use crate::auth::{Scopes, tokens};
-
-    fn policy() -> TokenPolicy {
-        TokenPolicy {
-            issuer: "http://gw.test".into(),
-            audience: "thinhook".into(),
-            lifetime: Duration::from_secs(900),
-            leeway: Duration::from_secs(30),
-        }
-    }
-
-    fn key() -> (SigningKey, DecodingKey) {
-        let secrets = crate::secret_box::SecretBox::new(&[2u8; 32]);
-        let row = generate_row(
-            OffsetDateTime::now_utc(),
-            &secrets,
-            crate::db::signing_keys::Purpose::Tokens,
-        )
-        .unwrap();
-        let signing = SigningKey::from_row(&row, &secrets).unwrap();
-        let decoding = DecodingKey::from_ed_components(&row.public_key).unwrap();
-        (signing, decoding)
-    }
 
     #[test]
     fn a_link_verifies_until_it_expires() {

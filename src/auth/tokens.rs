@@ -189,11 +189,13 @@ pub fn check_times(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
+    //! A policy and fresh keys for the unit tests of tokens and of what
+    //! is signed like them.
     use super::*;
     use crate::auth::keys::generate_row;
 
-    fn policy() -> TokenPolicy {
+    pub(crate) fn policy() -> TokenPolicy {
         TokenPolicy {
             issuer: "http://gw.test".into(),
             audience: "thinhook".into(),
@@ -202,7 +204,8 @@ mod tests {
         }
     }
 
-    fn key() -> (SigningKey, DecodingKey) {
+    /// A new Ed25519 key: its signing half and its verifying half.
+    pub(crate) fn key() -> (SigningKey, DecodingKey) {
         let secrets = crate::secret_box::SecretBox::new(&[1u8; 32]);
         let row = generate_row(
             OffsetDateTime::now_utc(),
@@ -214,6 +217,12 @@ mod tests {
         let decoding = DecodingKey::from_ed_components(&row.public_key).unwrap();
         (signing, decoding)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{key, policy};
+    use super::*;
 
     /// A token for a new client with every scope, issued at `now`.
     fn token_at(signing: &SigningKey, now: OffsetDateTime) -> String {

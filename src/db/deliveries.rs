@@ -187,9 +187,7 @@ pub fn find(
         .select((DeliveryRow::as_select(), EventRow::as_select()))
         .into_boxed();
     if let Some(owner) = owner {
-        query = query
-            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-            .filter(subscriptions::owner_client_id.eq(owner.client.as_str()));
+        query = query.filter(owner.owns());
     }
     query.first(conn).optional()
 }
@@ -229,11 +227,8 @@ pub fn list(
     query = match of {
         DeliveriesOf::OwnedSubscription(owner, id) => query
             .filter(deliveries::subscription_id.eq(id))
-            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
-        DeliveriesOf::Owner(owner) => query
-            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
+            .filter(owner.owns()),
+        DeliveriesOf::Owner(owner) => query.filter(owner.owns()),
         DeliveriesOf::Subscription(id) => query.filter(deliveries::subscription_id.eq(id)),
         DeliveriesOf::Workspace(workspace) => {
             query.filter(subscriptions::workspace_id.eq(workspace.as_str()))
@@ -269,9 +264,7 @@ fn delivery_ids(
         .select(deliveries::id)
         .into_boxed();
     match owner {
-        Some(owner) => query
-            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
+        Some(owner) => query.filter(owner.owns()),
         None => query,
     }
 }

@@ -23,6 +23,21 @@ pub struct Owner {
     pub client: ClientId,
 }
 
+/// The condition a subscription row of `Owner` meets.
+pub type Owns<'a> = diesel::dsl::And<
+    diesel::dsl::Eq<subscriptions::workspace_id, &'a str>,
+    diesel::dsl::Eq<subscriptions::owner_client_id, &'a str>,
+>;
+
+impl Owner {
+    /// Its subscriptions: its workspace's, and its own there.
+    pub fn owns(&self) -> Owns<'_> {
+        subscriptions::workspace_id
+            .eq(self.workspace.as_str())
+            .and(subscriptions::owner_client_id.eq(self.client.as_str()))
+    }
+}
+
 pub fn insert(conn: &mut DbConnection, row: &SubscriptionRow) -> QueryResult<()> {
     diesel::insert_into(subscriptions::table)
         .values(row)
@@ -53,8 +68,7 @@ pub fn quota_refusal(
 ) -> QueryResult<Option<String>> {
     let workspace = &owner.workspace;
     let owned: i64 = subscriptions::table
-        .filter(subscriptions::workspace_id.eq(workspace.as_str()))
-        .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
+        .filter(owner.owns())
         .count()
         .get_result(conn)?;
     if owned >= i64::from(quota.per_client) {
@@ -123,8 +137,7 @@ pub fn find_owned(
 ) -> QueryResult<Option<SubscriptionRow>> {
     subscriptions::table
         .find(id)
-        .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-        .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
+        .filter(owner.owns())
         .select(SubscriptionRow::as_select())
         .first(conn)
         .optional()
@@ -137,8 +150,7 @@ pub fn list_owned(
     limit: i64,
 ) -> QueryResult<Vec<SubscriptionRow>> {
     let mut query = subscriptions::table
-        .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-        .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
+        .filter(owner.owns())
         .select(SubscriptionRow::as_select())
         .order(subscriptions::id.asc())
         .limit(limit)
@@ -299,8 +311,7 @@ pub fn apply_patch(
     let owned = || {
         subscriptions::table
             .find(&planned.id)
-            .filter(subscriptions::workspace_id.eq(planned.owner.workspace.as_str()))
-            .filter(subscriptions::owner_client_id.eq(planned.owner.client.as_str()))
+            .filter(planned.owner.owns())
     };
     diesel::update(owned())
         .set(&planned.changes)
@@ -327,8 +338,7 @@ pub fn replace_secret(
     let replaced = diesel::update(
         subscriptions::table
             .find(id)
-            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-            .filter(subscriptions::owner_client_id.eq(owner.client.as_str()))
+            .filter(owner.owns())
             .filter(subscriptions::secret.eq(current)),
     )
     .set((
@@ -404,14 +414,8 @@ pub fn record_handshake(
 pub fn delete_owned(conn: &mut DbConnection, id: &str, owner: &Owner) -> QueryResult<bool> {
     use super::schema::{deliveries, delivery_attempts};
 
-    let deleted = diesel::delete(
-        subscriptions::table
-            .find(id)
-            .filter(subscriptions::workspace_id.eq(owner.workspace.as_str()))
-            .filter(subscriptions::owner_client_id.eq(owner.client.as_str())),
-    )
-    .execute(conn)?
-        == 1;
+    let deleted =
+        diesel::delete(subscriptions::table.find(id).filter(owner.owns())).execute(conn)? == 1;
     if deleted {
         let its_deliveries = deliveries::table
             .filter(deliveries::subscription_id.eq(id))

@@ -128,21 +128,34 @@ impl Attempter {
             traceparent: None,
             workspace_id: subscription.workspace_id.clone(),
         };
+        let reply = self.send(&event, subscription, now, None).await;
+        (event.id, reply)
+    }
+
+    /// Signs `event` for `subscription` at `now` and posts it; a request
+    /// that cannot be made (a secret that does not open, say) is an answer
+    /// with the reason, as a failed connection is.
+    async fn send(
+        &self,
+        event: &EventRow,
+        subscription: &SubscriptionRow,
+        now: OffsetDateTime,
+        trace: Option<TraceParent>,
+    ) -> Reply {
         let key = match subscription.signs_v1a() {
             true => Some(self.webhook_keys.current().await),
             false => None,
         }
         .transpose();
         let prepared =
-            key.and_then(|key| self.prepare(&event, subscription, now, None, key.as_deref()));
-        let reply = match prepared {
+            key.and_then(|key| self.prepare(event, subscription, now, trace, key.as_deref()));
+        match prepared {
             Ok((url, headers, body)) => self.client.post(&url, headers, body).await,
             Err(error) => Reply {
                 error: Some(format!("config: {error:#}")),
                 ..Reply::default()
             },
-        };
-        (event.id, reply)
+        }
     }
 
     /// Makes the attempt and returns what to record.
@@ -151,22 +164,10 @@ impl Attempter {
         let started = self.clock.now_utc();
         let trace = event.traceparent.as_deref().and_then(TraceParent::parse);
         let (span, sent_trace) = attempt_span(delivery, trace);
-        let key = match subscription.signs_v1a() {
-            true => Some(self.webhook_keys.current().await),
-            false => None,
-        }
-        .transpose();
-        let prepared = key
-            .and_then(|key| self.prepare(event, subscription, started, sent_trace, key.as_deref()));
-        let reply = match prepared {
-            Ok((url, headers, body)) => {
-                self.client.post(&url, headers, body).instrument(span).await
-            }
-            Err(error) => Reply {
-                error: Some(format!("config: {error:#}")),
-                ..Reply::default()
-            },
-        };
+        let reply = self
+            .send(event, subscription, started, sent_trace)
+            .instrument(span)
+            .await;
         let finished = self.clock.now_utc();
         let retry_after = reply
             .retry_after

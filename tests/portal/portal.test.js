@@ -189,6 +189,13 @@ async function signIn(page, client) {
   await page.getByRole("heading", { level: 1, name: "Subscriptions" }).waitFor();
 }
 
+/** Goes to the subscriptions list, then to the receiver's subscription, drawn afresh with its log. */
+async function openSubscription(page) {
+  await page.getByRole("link", { name: "Subscriptions", exact: true }).click();
+  await page.getByRole("link", { name: hookUrl }).click();
+  await page.getByRole("heading", { level: 2, name: "Deliveries" }).waitFor();
+}
+
 async function shot(page, name) {
   if (!screenshots) return;
   mkdirSync(screenshots, { recursive: true });
@@ -264,9 +271,7 @@ test("a subscription made in the portal receives a comment posted through the AP
   await api(aliceToken, "POST", `/messages/${message.id}/comments`, { text: "First!" });
   await eventually("the webhook", () => received.length === 1);
   await eventually("the delivery in the log", async () => {
-    await page.getByRole("link", { name: "Subscriptions", exact: true }).click();
-    await page.getByRole("link", { name: hookUrl }).click();
-    await page.getByRole("heading", { level: 2, name: "Deliveries" }).waitFor();
+    await openSubscription(page);
     return (await page.locator('tr[data-status="delivered"]').count()) === 1;
   });
   // Delivered, then fetched by the receiver with the client's token.
@@ -289,9 +294,7 @@ test("a failed delivery is retried from the log and then delivered", async () =>
   await signIn(page, alice);
   const failed = page.locator('tr[data-status="failed"]');
   await eventually("the failed delivery", async () => {
-    await page.getByRole("link", { name: "Subscriptions", exact: true }).click();
-    await page.getByRole("link", { name: hookUrl }).click();
-    await page.getByRole("heading", { level: 2, name: "Deliveries" }).waitFor();
+    await openSubscription(page);
     return (await failed.count()) === 1;
   });
   await failed.locator("summary").click();
@@ -302,9 +305,7 @@ test("a failed delivery is retried from the log and then delivered", async () =>
   await page.getByRole("status").getByText("queued for another attempt").waitFor();
   await eventually("the retried attempt", () => received.length === 3);
   await eventually("both delivered", async () => {
-    await page.getByRole("link", { name: "Subscriptions", exact: true }).click();
-    await page.getByRole("link", { name: hookUrl }).click();
-    await page.getByRole("heading", { level: 2, name: "Deliveries" }).waitFor();
+    await openSubscription(page);
     return (await page.locator('tr[data-status="delivered"]').count()) === 2;
   });
 
@@ -327,9 +328,7 @@ test("rotating a secret shows the new one once", async () => {
   await page.getByText("previous one keeps signing until").waitFor();
   await page.getByRole("button", { name: "Copy" }).waitFor();
   // Shown once: gone after the page is drawn again.
-  await page.getByRole("link", { name: "Subscriptions", exact: true }).click();
-  await page.getByRole("link", { name: hookUrl }).click();
-  await page.getByRole("heading", { level: 2, name: "Deliveries" }).waitFor();
+  await openSubscription(page);
   assert.equal(await page.locator("#new-secret").count(), 0);
 
   // A test event reaches the endpoint and says what it answered.
